@@ -16,9 +16,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-AUTHENTICATION_TYPES = frozenset({"chap", "none"})
-
-
 @dataclass(frozen=True, slots=True, order=True)
 class SessionKey:
     """The lifetime identity of an iSCSI session within one cluster."""
@@ -178,11 +175,9 @@ def _connections(raw: Any) -> tuple[Connection, ...]:
 
 
 def _connection(item: Mapping[str, Any], where: str) -> Connection:
+    # ONTAP documents chap and none; a value a later release adds is kept as sent, not
+    # rejected, so that one new word cannot turn every poll partial
     auth = _optional_str(item, "authentication_type", f"{where}.authentication_type")
-    if auth is not None and auth not in AUTHENTICATION_TYPES:
-        raise InvalidRecord(
-            f"{where}.authentication_type: expected one of chap, none; got {auth!r}"
-        )
     address = _optional_mapping(item.get("initiator_address"), f"{where}.initiator_address")
     return Connection(
         cid=_required_int(item, "cid", f"{where}.cid"),

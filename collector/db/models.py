@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid as uuid_module
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Table,
     Text,
     text,
 )
@@ -302,3 +303,23 @@ class RejectedRecord(Base):
 
 
 annotate(Base.metadata)
+
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+# Core handles for set-based writes (the ORM classes above are for reads)
+clusters_table = _table(Cluster)
+polls_table = _table(Poll)
+svms_table = _table(Svm)
+svm_names_table = _table(SvmName)
+igroups_table = _table(Igroup)
+igroup_names_table = _table(IgroupName)
+interfaces_table = _table(Interface)
+interface_versions_table = _table(InterfaceVersion)
+sessions_table = _table(Session)
+connections_table = _table(Connection)
+session_igroups_table = _table(SessionIgroup)
+events_table = _table(Event)
+rejected_records_table = _table(RejectedRecord)

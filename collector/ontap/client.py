@@ -90,7 +90,7 @@ class RetryPolicy:
         """Full jitter (AWS style): spreads many collectors retrying one cluster."""
         if retry_after is not None:
             return min(self.max_delay, retry_after)
-        return float(self.rng()) * min(self.max_delay, self.base_delay * 2**attempt)
+        return float(self.rng()) * min(self.max_delay, self.base_delay * (1 << attempt))
 
 
 class OntapClient:

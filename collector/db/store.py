@@ -1,0 +1,704 @@
+"""Writes one poll into the history: one transaction, under the cluster's advisory lock.
+
+    with store.cluster_transaction(label, identity) as tx:
+        previous = tx.open_state()
+        changes = diff(previous, snapshot, outcome, started_at)
+        tx.record(poll, changes, snapshot)
+
+The lock makes a poll's read of the open state and its writes one step, so two collectors
+polling one cluster at once record each event once: the second reads what the first wrote
+and finds nothing new. The unique indexes on open rows and on the event chain refuse a
+duplicate even if that reasoning were wrong.
+
+Writes are set-based (one statement per kind of change), and an unchanged poll writes its
+poll row and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from collector.chain import GENESIS, event_hash
+from collector.db import models as m
+from collector.diff import Changes, Event, EventKind, OpenSession, PollOutcome, State
+from collector.ontap.resources import ClusterIdentity
+from collector.snapshot import (
+    Connection as SessionConnection,
+)
+from collector.snapshot import (
+    IgroupRef,
+    Interface,
+    Session,
+    SessionKey,
+    Snapshot,
+)
+
+COLLECTOR_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class PollRecord:
+    """What the pipeline knows about one poll once the walk is over."""
+
+    cluster_label: str
+    started_at: datetime
+    finished_at: datetime
+    outcome: PollOutcome
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    poll_id: int
+    outcome: PollOutcome
+    event_ids: tuple[int, ...]
+    event_kinds: tuple[str, ...]
+
+
+@dataclass
+class _Ids:
+    """Surrogate keys of the open rows, so writes can address them."""
+
+    sessions: dict[SessionKey, int] = field(default_factory=dict)
+    connections: dict[tuple[SessionKey, int], int] = field(default_factory=dict)
+    svms: dict[str, int] = field(default_factory=dict)
+    igroups: dict[str, int] = field(default_factory=dict)
+    interfaces: dict[str, int] = field(default_factory=dict)
+
+
+class HistoryStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def cluster_transaction(
+        self, label: str, identity: ClusterIdentity | None, started_at: datetime
+    ) -> Iterator[ClusterTransaction]:
+        """One transaction for one poll; the cluster's lock is held until it commits."""
+        with self.engine.begin() as conn:
+            cluster_id = None
+            if identity is not None:
+                lock_cluster(conn, identity.uuid)
+                cluster_id = _upsert_cluster(conn, label, identity, started_at)
+            yield ClusterTransaction(conn, cluster_id, identity)
+
+    def record_failure(self, poll: PollRecord, identity: ClusterIdentity | None) -> PollResult:
+        """A failed poll writes its poll row and nothing else."""
+        with self.cluster_transaction(poll.cluster_label, identity, poll.started_at) as tx:
+            return tx.record(poll, None, None)
+
+
+def lock_cluster(conn: Connection, cluster_uuid: str) -> None:
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(cluster_uuid)})
+
+
+def _lock_key(cluster_uuid: str) -> int:
+    digest = hashlib.sha256(f"iscsi-audit:{cluster_uuid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _upsert_cluster(
+    conn: Connection, label: str, identity: ClusterIdentity, seen_at: datetime
+) -> int:
+    """Insert the cluster on first contact; update label, name or version only when changed."""
+    table = m.clusters_table
+    row = conn.execute(
+        select(table.c.cluster_id, table.c.label, table.c.name, table.c.version).where(
+            table.c.uuid == identity.uuid
+        )
+    ).one_or_none()
+    if row is None:
+        return int(
+            conn.execute(
+                insert(table)
+                .values(
+                    uuid=identity.uuid,
+                    name=identity.name,
+                    label=label,
+                    version=identity.version,
+                    first_seen_at=seen_at,
+                )
+                .returning(table.c.cluster_id)
+            ).scalar_one()
+        )
+    if (row.label, row.name, row.version) != (label, identity.name, identity.version):
+        conn.execute(
+            update(table)
+            .where(table.c.cluster_id == row.cluster_id)
+            .values(label=label, name=identity.name, version=identity.version)
+        )
+    return int(row.cluster_id)
+
+
+class ClusterTransaction:
+    def __init__(
+        self, conn: Connection, cluster_id: int | None, identity: ClusterIdentity | None
+    ) -> None:
+        self.conn = conn
+        self.cluster_id = cluster_id
+        self.identity = identity
+        self._ids = _Ids()
+        self._last_ok_at: datetime | None = None
+
+    def open_state(self) -> State:
+        """The open sessions and known names of this cluster, as the history has them."""
+        assert self.cluster_id is not None, "a cluster that never answered has no state"
+        state, self._ids = load_state(self.conn, self.cluster_id)
+        self._last_ok_at = state.last_ok_at
+        return state
+
+    def record(
+        self, poll: PollRecord, changes: Changes | None, snapshot: Snapshot | None
+    ) -> PollResult:
+        poll_id = _insert_poll(
+            self.conn, self.cluster_id, poll, snapshot, len(changes.events) if changes else 0
+        )
+        event_ids: tuple[int, ...] = ()
+        if snapshot is not None and snapshot.rejected:
+            _insert_rejected(self.conn, poll_id, snapshot)
+        if changes:
+            assert self.cluster_id is not None and self.identity is not None
+            writer = _ChangeWriter(
+                self.conn, self.cluster_id, poll_id, poll.started_at, self._ids, self._last_ok_at
+            )
+            writer.write_entities(changes)
+            writer.write_sessions(changes.events)
+            event_ids = _insert_events(
+                self.conn, self.cluster_id, self.identity.uuid, poll_id, changes.events, self._ids
+            )
+            self.conn.execute(
+                update(m.clusters_table)
+                .where(m.Cluster.cluster_id == self.cluster_id)
+                .values(state_version=m.Cluster.state_version + 1)
+            )
+        kinds = tuple(e.kind.value for e in changes.events) if changes else ()
+        return PollResult(poll_id, poll.outcome, event_ids, kinds)
+
+
+# --- reading the open state -----------------------------------------------------------
+
+
+def load_state(conn: Connection, cluster_id: int) -> tuple[State, _Ids]:
+    ids = _Ids()
+    svms = _current_names(conn, m.Svm, m.SvmName, "svm_id", cluster_id, ids.svms)
+    igroups = _current_names(conn, m.Igroup, m.IgroupName, "igroup_id", cluster_id, ids.igroups)
+    interfaces = _current_interfaces(conn, cluster_id, ids.interfaces)
+    svm_uuid = {v: k for k, v in ids.svms.items()}
+    connections, connection_ids = _open_connections(conn, cluster_id, interfaces, ids)
+    memberships = _open_memberships(conn, cluster_id, igroups, ids)
+
+    sessions: dict[SessionKey, OpenSession] = {}
+    open_rows = select(m.Session).where(
+        m.Session.cluster_id == cluster_id, m.Session.ended_at.is_(None)
+    )
+    for row in conn.execute(open_rows).scalars():
+        key = SessionKey(
+            svm_uuid[row.svm_id],
+            row.target_portal_group,
+            row.tsih,
+            row.isid,
+            row.initiator_name,
+        )
+        session = Session(
+            key=key,
+            svm_name=svms[key.svm_uuid],
+            target_portal_group_tag=row.target_portal_group_tag,
+            initiator_alias=row.initiator_alias,
+            initiator_comment=row.initiator_comment,
+            igroups=tuple(sorted(memberships.get(row.session_id, ()))),
+            connections=tuple(sorted(connections.get(row.session_id, ()), key=lambda c: c.cid)),
+        )
+        sessions[key] = OpenSession(session, row.first_seen_at)
+        ids.sessions[key] = row.session_id
+        for c in session.connections:
+            ids.connections[(key, c.cid)] = connection_ids[(row.session_id, c.cid)]
+    return State(sessions, svms, igroups, interfaces, _last_ok_at(conn, cluster_id)), ids
+
+
+def _last_ok_at(conn: Connection, cluster_id: int) -> datetime | None:
+    return conn.execute(
+        select(func.max(m.Poll.started_at)).where(
+            m.Poll.cluster_id == cluster_id, m.Poll.outcome == PollOutcome.OK.value
+        )
+    ).scalar()
+
+
+def _open_connections(
+    conn: Connection, cluster_id: int, interfaces: Mapping[str, Interface], ids: _Ids
+) -> tuple[dict[int, list[SessionConnection]], dict[tuple[int, int], int]]:
+    """Open connections by session_id, and their ids by (session_id, cid)."""
+    interface_uuid = {v: k for k, v in ids.interfaces.items()}
+    by_session: dict[int, list[SessionConnection]] = {}
+    connection_ids: dict[tuple[int, int], int] = {}
+    c = m.Connection
+    rows = conn.execute(
+        select(
+            c.connection_id,
+            c.session_id,
+            c.cid,
+            c.authentication_type,
+            c.initiator_address,
+            c.initiator_port,
+            c.interface_id,
+        )
+        .join(m.Session, m.Session.session_id == c.session_id)
+        .where(
+            m.Session.cluster_id == cluster_id, m.Session.ended_at.is_(None), c.ended_at.is_(None)
+        )
+    )
+    for row in rows:
+        lif = interfaces.get(interface_uuid[row.interface_id]) if row.interface_id else None
+        address = str(row.initiator_address) if row.initiator_address is not None else None
+        by_session.setdefault(row.session_id, []).append(
+            SessionConnection(row.cid, row.authentication_type, address, row.initiator_port, lif)
+        )
+        connection_ids[(row.session_id, row.cid)] = row.connection_id
+    return by_session, connection_ids
+
+
+def _open_memberships(
+    conn: Connection, cluster_id: int, igroups: Mapping[str, str | None], ids: _Ids
+) -> dict[int, list[IgroupRef]]:
+    igroup_uuid = {v: k for k, v in ids.igroups.items()}
+    by_session: dict[int, list[IgroupRef]] = {}
+    g = m.SessionIgroup
+    rows = conn.execute(
+        select(g.session_id, g.igroup_id)
+        .join(m.Session, m.Session.session_id == g.session_id)
+        .where(
+            m.Session.cluster_id == cluster_id, m.Session.ended_at.is_(None), g.left_at.is_(None)
+        )
+    )
+    for row in rows:
+        uuid = igroup_uuid[row.igroup_id]
+        by_session.setdefault(row.session_id, []).append(IgroupRef(uuid, igroups[uuid]))
+    return by_session
+
+
+def _current_names(
+    conn: Connection,
+    identity: type[Any],
+    versions: type[Any],
+    id_column: str,
+    cluster_id: int,
+    ids: dict[str, int],
+) -> dict[str, str | None]:
+    key = getattr(identity, id_column)
+    names: dict[str, str | None] = {}
+    for row in conn.execute(
+        select(key.label("id"), identity.uuid, versions.name)
+        .join(versions, getattr(versions, id_column) == key)
+        .where(identity.cluster_id == cluster_id, versions.valid_to.is_(None))
+    ):
+        uuid = str(row.uuid)
+        ids[uuid] = row.id
+        names[uuid] = row.name
+    return names
+
+
+def _current_interfaces(
+    conn: Connection, cluster_id: int, ids: dict[str, int]
+) -> dict[str, Interface]:
+    lifs: dict[str, Interface] = {}
+    for row in conn.execute(
+        select(
+            m.Interface.interface_id,
+            m.Interface.uuid,
+            m.InterfaceVersion.name,
+            m.InterfaceVersion.address,
+            m.InterfaceVersion.port,
+        )
+        .join(m.InterfaceVersion, m.InterfaceVersion.interface_id == m.Interface.interface_id)
+        .where(m.Interface.cluster_id == cluster_id, m.InterfaceVersion.valid_to.is_(None))
+    ):
+        uuid = str(row.uuid)
+        ids[uuid] = row.interface_id
+        lifs[uuid] = Interface(
+            uuid, row.name, str(row.address) if row.address is not None else None, row.port
+        )
+    return lifs
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def _insert_poll(
+    conn: Connection,
+    cluster_id: int | None,
+    poll: PollRecord,
+    snapshot: Snapshot | None,
+    event_count: int,
+) -> int:
+    sessions = snapshot.sessions.values() if snapshot is not None else None
+    return int(
+        conn.execute(
+            insert(m.polls_table)
+            .values(
+                cluster_id=cluster_id,
+                cluster_label=poll.cluster_label,
+                started_at=poll.started_at,
+                finished_at=poll.finished_at,
+                outcome=poll.outcome.value,
+                page_count=snapshot.pages if snapshot is not None else 0,
+                session_count=len(snapshot.sessions) if snapshot is not None else None,
+                connection_count=sum(len(s.connections) for s in sessions)
+                if sessions is not None
+                else None,
+                rejected_count=len(snapshot.rejected) if snapshot is not None else 0,
+                event_count=event_count,
+                error=poll.error,
+                collector=COLLECTOR_ID,
+            )
+            .returning(m.Poll.poll_id)
+        ).scalar_one()
+    )
+
+
+def _insert_rejected(conn: Connection, poll_id: int, snapshot: Snapshot) -> None:
+    conn.execute(
+        insert(m.rejected_records_table),
+        [
+            {"poll_id": poll_id, "page": r.page, "reason": r.reason, "raw": r.raw}
+            for r in snapshot.rejected
+        ],
+    )
+
+
+class _ChangeWriter:
+    """Turns a poll's changes into set-based writes on the history tables."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        cluster_id: int,
+        poll_id: int,
+        at: datetime,
+        ids: _Ids,
+        last_ok_at: datetime | None,
+    ) -> None:
+        self.conn = conn
+        self.cluster_id = cluster_id
+        self.poll_id = poll_id
+        self.at = at
+        self.ids = ids
+        # what closes now was last seen by the last ok poll, or when first seen if later
+        self.last_ok_at = last_ok_at
+
+    # SVMs, igroups, LIFs: identity rows once, a version row per change of name/address
+
+    def write_entities(self, changes: Changes) -> None:
+        e = changes.entities
+        self._version(
+            m.svms_table,
+            m.svm_names_table,
+            "svm_id",
+            self.ids.svms,
+            {u: {"name": n} for u, n in e.svms.items()},
+        )
+        self._version(
+            m.igroups_table,
+            m.igroup_names_table,
+            "igroup_id",
+            self.ids.igroups,
+            {u: {"name": n} for u, n in e.igroups.items()},
+        )
+        self._version(
+            m.interfaces_table,
+            m.interface_versions_table,
+            "interface_id",
+            self.ids.interfaces,
+            {
+                u: {"name": i.name, "address": i.address, "port": i.port}
+                for u, i in e.interfaces.items()
+            },
+        )
+
+    def _version(
+        self,
+        identity: Table,
+        versions: Table,
+        id_column: str,
+        ids: dict[str, int],
+        values: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        if not values:
+            return
+        new = [u for u in values if u not in ids]
+        if new:
+            conn = self.conn
+            conn.execute(
+                pg_insert(identity).on_conflict_do_nothing(),
+                [{"cluster_id": self.cluster_id, "uuid": u} for u in new],
+            )
+            for row in conn.execute(
+                select(identity.c[id_column], identity.c.uuid).where(
+                    identity.c.cluster_id == self.cluster_id, identity.c.uuid.in_(new)
+                )
+            ):
+                ids[str(row.uuid)] = row[0]
+        changed = [ids[u] for u in values if u not in new]
+        if changed:
+            self.conn.execute(
+                update(versions)
+                .where(versions.c[id_column].in_(changed), versions.c.valid_to.is_(None))
+                .values(valid_to=self.at)
+            )
+        self.conn.execute(
+            insert(versions),
+            [{id_column: ids[u], "valid_from": self.at, **v} for u, v in values.items()],
+        )
+
+    # sessions, connections, memberships: driven by the events that describe them
+
+    def write_sessions(self, events: Sequence[Event]) -> None:
+        by_kind: dict[EventKind, list[Event]] = {}
+        for event in events:
+            by_kind.setdefault(event.kind, []).append(event)
+        self._connect(by_kind.get(EventKind.CONNECT, []))
+        self._disconnect(by_kind.get(EventKind.DISCONNECT, []))
+        self._session_changed(by_kind.get(EventKind.SESSION_CHANGED, []))
+        self._close_connections(
+            [
+                e
+                for k in (EventKind.CONNECTION_REMOVED, EventKind.CONNECTION_CHANGED)
+                for e in by_kind.get(k, [])
+            ]
+        )
+        self._open_connections(
+            [
+                (e.key, e.connection)
+                for k in (EventKind.CONNECTION_ADDED, EventKind.CONNECTION_CHANGED)
+                for e in by_kind.get(k, [])
+                if e.key and e.connection
+            ]
+        )
+        self._leave_igroups(by_kind.get(EventKind.IGROUP_LEFT, []))
+        self._join_igroups(
+            [
+                (e.key, e.igroup)
+                for e in by_kind.get(EventKind.IGROUP_JOINED, [])
+                if e.key and e.igroup
+            ]
+        )
+
+    def _connect(self, events: list[Event]) -> None:
+        sessions = [e.session for e in events if e.session is not None]
+        if not sessions:
+            return
+        table = m.sessions_table
+        rows = (
+            self.conn.execute(
+                insert(table).returning(table.c.session_id, sort_by_parameter_order=True),
+                [
+                    {
+                        "cluster_id": self.cluster_id,
+                        "svm_id": self.ids.svms[s.key.svm_uuid],
+                        "target_portal_group": s.key.target_portal_group,
+                        "tsih": s.key.tsih,
+                        "isid": s.key.isid,
+                        "initiator_name": s.key.initiator_name,
+                        "target_portal_group_tag": s.target_portal_group_tag,
+                        "initiator_alias": s.initiator_alias,
+                        "initiator_comment": s.initiator_comment,
+                        "first_seen_at": self.at,
+                        "opened_by_poll_id": self.poll_id,
+                    }
+                    for s in sessions
+                ],
+            )
+            .scalars()
+            .all()
+        )
+        for session, session_id in zip(sessions, rows, strict=True):
+            self.ids.sessions[session.key] = session_id
+        self._open_connections([(s.key, c) for s in sessions for c in s.connections])
+        self._join_igroups([(s.key, g) for s in sessions for g in s.igroups])
+
+    def _disconnect(self, events: list[Event]) -> None:
+        if not events:
+            return
+        session_ids = [self.ids.sessions[e.key] for e in events if e.key]
+        last_ok = self.last_ok_at
+        closing = {"ended_at": self.at, "closed_by_poll_id": self.poll_id}
+        s, c, g = m.sessions_table, m.connections_table, m.session_igroups_table
+        self.conn.execute(
+            update(s)
+            .where(s.c.session_id.in_(session_ids))
+            .values(last_seen_at=func.greatest(s.c.first_seen_at, last_ok), **closing)
+        )
+        self.conn.execute(
+            update(c)
+            .where(c.c.session_id.in_(session_ids), c.c.ended_at.is_(None))
+            .values(last_seen_at=func.greatest(c.c.first_seen_at, last_ok), **closing)
+        )
+        self.conn.execute(
+            update(g)
+            .where(g.c.session_id.in_(session_ids), g.c.left_at.is_(None))
+            .values(left_at=self.at, left_by_poll_id=self.poll_id)
+        )
+
+    def _session_changed(self, events: list[Event]) -> None:
+        sessions = [e.session for e in events if e.session is not None]
+        if not sessions:
+            return
+        table = m.sessions_table
+        self.conn.execute(
+            update(table)
+            .where(table.c.session_id == bindparam("sid"))
+            .values(
+                initiator_alias=bindparam("alias"),
+                initiator_comment=bindparam("comment"),
+                target_portal_group_tag=bindparam("tag"),
+            ),
+            [
+                {
+                    "sid": self.ids.sessions[s.key],
+                    "alias": s.initiator_alias,
+                    "comment": s.initiator_comment,
+                    "tag": s.target_portal_group_tag,
+                }
+                for s in sessions
+            ],
+        )
+
+    def _close_connections(self, events: list[Event]) -> None:
+        targets = [
+            self.ids.connections[(e.key, e.connection.cid)]
+            for e in events
+            if e.key and e.connection
+        ]
+        if not targets:
+            return
+        table = m.connections_table
+        self.conn.execute(
+            update(table)
+            .where(table.c.connection_id.in_(targets))
+            .values(
+                ended_at=self.at,
+                closed_by_poll_id=self.poll_id,
+                last_seen_at=func.greatest(table.c.first_seen_at, self.last_ok_at),
+            )
+        )
+
+    def _open_connections(self, pairs: list[tuple[SessionKey, SessionConnection]]) -> None:
+        if not pairs:
+            return
+        table = m.connections_table
+        rows = (
+            self.conn.execute(
+                insert(table).returning(table.c.connection_id, sort_by_parameter_order=True),
+                [
+                    {
+                        "session_id": self.ids.sessions[key],
+                        "cid": c.cid,
+                        "authentication_type": c.authentication_type,
+                        "initiator_address": c.initiator_address,
+                        "initiator_port": c.initiator_port,
+                        "interface_id": self.ids.interfaces[c.interface.uuid]
+                        if c.interface
+                        else None,
+                        "first_seen_at": self.at,
+                        "opened_by_poll_id": self.poll_id,
+                    }
+                    for key, c in pairs
+                ],
+            )
+            .scalars()
+            .all()
+        )
+        for (key, c), connection_id in zip(pairs, rows, strict=True):
+            self.ids.connections[(key, c.cid)] = connection_id
+
+    def _join_igroups(self, pairs: list[tuple[SessionKey, IgroupRef]]) -> None:
+        if pairs:
+            self.conn.execute(
+                insert(m.session_igroups_table),
+                [
+                    {
+                        "session_id": self.ids.sessions[key],
+                        "igroup_id": self.ids.igroups[g.uuid],
+                        "joined_at": self.at,
+                        "joined_by_poll_id": self.poll_id,
+                    }
+                    for key, g in pairs
+                ],
+            )
+
+    def _leave_igroups(self, events: list[Event]) -> None:
+        if not events:
+            return
+        table = m.session_igroups_table
+        self.conn.execute(
+            update(table)
+            .where(
+                table.c.session_id == bindparam("sid"),
+                table.c.igroup_id == bindparam("gid"),
+                table.c.left_at.is_(None),
+            )
+            .values(left_at=self.at, left_by_poll_id=self.poll_id),
+            [
+                {"sid": self.ids.sessions[e.key], "gid": self.ids.igroups[e.igroup.uuid]}
+                for e in events
+                if e.key and e.igroup
+            ],
+        )
+
+
+def _insert_events(
+    conn: Connection,
+    cluster_id: int,
+    cluster_uuid: str,
+    poll_id: int,
+    events: Sequence[Event],
+    ids: _Ids,
+) -> tuple[int, ...]:
+    table = m.events_table
+    prev = (
+        conn.execute(
+            select(table.c.hash)
+            .where(table.c.cluster_id == cluster_id)
+            .order_by(table.c.event_id.desc())
+            .limit(1)
+        ).scalar()
+        or GENESIS
+    )
+    rows = []
+    for event in events:
+        digest = event_hash(
+            prev,
+            cluster_uuid=cluster_uuid,
+            kind=event.kind.value,
+            observed_at=event.observed_at,
+            occurred_after=event.occurred_after,
+            key=event.key,
+            details=event.details,
+        )
+        rows.append(
+            {
+                "cluster_id": cluster_id,
+                "poll_id": poll_id,
+                "kind": event.kind.value,
+                "observed_at": event.observed_at,
+                "occurred_after": event.occurred_after,
+                "session_id": ids.sessions.get(event.key) if event.key else None,
+                "details": event.details,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    return tuple(
+        conn.execute(insert(table).returning(table.c.event_id, sort_by_parameter_order=True), rows)
+        .scalars()
+        .all()
+    )

@@ -1,0 +1,169 @@
+"""One poll of one cluster: fetch -> snapshot -> diff -> store.
+
+A poll never raises for what a cluster does (unreachable, 401, bad pages): that is a
+`failed` poll, recorded with its error. It raises only when the history itself cannot be
+written, which no retry of the cluster would fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+
+from collector.config import ClusterConfig, CredentialError
+from collector.db.store import HistoryStore, PollRecord, PollResult
+from collector.diff import PollOutcome, diff
+from collector.ontap.client import OntapClient, OntapError, RetryPolicy
+from collector.ontap.resources import ClusterIdentity
+from collector.snapshot import Snapshot, SnapshotBuilder
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PollReport:
+    """What one poll did, for the command line and the logs."""
+
+    cluster: str
+    poll_id: int
+    outcome: PollOutcome
+    started_at: datetime
+    finished_at: datetime
+    session_count: int | None
+    rejected_count: int
+    event_kinds: tuple[str, ...]
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    identity: ClusterIdentity
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class FetchFailed:
+    identity: ClusterIdentity | None
+    error: str
+
+
+async def poll_cluster(
+    cluster: ClusterConfig,
+    store: HistoryStore,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    retry: RetryPolicy | None = None,
+    clock: Clock = utcnow,
+) -> PollReport:
+    started_at = clock()
+    fetched = await fetch(cluster, transport=transport, retry=retry)
+    finished_at = clock()
+    if isinstance(fetched, FetchFailed):
+        poll = PollRecord(cluster.name, started_at, finished_at, PollOutcome.FAILED, fetched.error)
+        result = await asyncio.to_thread(store.record_failure, poll, fetched.identity)
+        return _report(poll, result, None)
+    snapshot = fetched.snapshot
+    outcome = PollOutcome.PARTIAL if snapshot.rejected else PollOutcome.OK
+    poll = PollRecord(
+        cluster.name,
+        started_at,
+        finished_at,
+        outcome,
+        rejected_summary(snapshot) if snapshot.rejected else None,
+    )
+    result = await asyncio.to_thread(store_snapshot, store, poll, fetched.identity, snapshot)
+    return _report(poll, result, snapshot)
+
+
+async def fetch(
+    cluster: ClusterConfig,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    retry: RetryPolicy | None = None,
+) -> Fetched | FetchFailed:
+    """Walk the cluster's sessions into a snapshot; a failure is a value, not an exception."""
+    identity: ClusterIdentity | None = None
+    try:
+        password = cluster.password.read() if cluster.password else None
+        async with OntapClient(cluster, password, transport=transport, retry=retry) as client:
+            identity = await client.cluster_identity()
+            builder = SnapshotBuilder()
+            async for page in client.session_pages():
+                builder.add_page(page.records)
+    except (OntapError, CredentialError) as exc:
+        return FetchFailed(identity, str(exc))
+    except OSError as exc:  # unreadable CA bundle or client certificate
+        return FetchFailed(identity, f"TLS setup: {exc}")
+    return Fetched(identity, builder.build())
+
+
+def store_snapshot(
+    store: HistoryStore, poll: PollRecord, identity: ClusterIdentity, snapshot: Snapshot
+) -> PollResult:
+    with store.cluster_transaction(poll.cluster_label, identity, poll.started_at) as tx:
+        previous = tx.open_state()
+        changes = diff(previous, snapshot, poll.outcome, poll.started_at)
+        return tx.record(poll, changes, snapshot)
+
+
+def rejected_summary(snapshot: Snapshot) -> str:
+    first = snapshot.rejected[0]
+    more = len(snapshot.rejected) - 1
+    text = (
+        f"{len(snapshot.rejected)} record(s) rejected; first on page {first.page}: {first.reason}"
+    )
+    return text if more == 0 else f"{text} (see rejected_records)"
+
+
+def _report(poll: PollRecord, result: PollResult, snapshot: Snapshot | None) -> PollReport:
+    report = PollReport(
+        cluster=poll.cluster_label,
+        poll_id=result.poll_id,
+        outcome=poll.outcome,
+        started_at=poll.started_at,
+        finished_at=poll.finished_at,
+        session_count=len(snapshot.sessions) if snapshot is not None else None,
+        rejected_count=len(snapshot.rejected) if snapshot is not None else 0,
+        event_kinds=result.event_kinds,
+        error=poll.error,
+    )
+    _log(report)
+    return report
+
+
+def _log(report: PollReport) -> None:
+    seconds = (report.finished_at - report.started_at).total_seconds()
+    fields = {"cluster": report.cluster, "poll_id": report.poll_id, "outcome": report.outcome.value}
+    if report.outcome is PollOutcome.FAILED:
+        log.warning("poll failed after %.2fs: %s", seconds, report.error, extra=fields)
+        return
+    level = logging.INFO if report.outcome is PollOutcome.OK else logging.WARNING
+    log.log(
+        level,
+        "poll %s: %d sessions, %d events (%s) in %.2fs%s",
+        report.outcome.value,
+        report.session_count or 0,
+        len(report.event_kinds),
+        event_summary(report.event_kinds),
+        seconds,
+        f"; {report.error}" if report.error else "",
+        extra=fields,
+    )
+
+
+def event_summary(kinds: Iterable[str]) -> str:
+    counts: dict[str, int] = {}
+    for kind in kinds:
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none"
