@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from simulator_fixtures import JSON_ONLY, PASSWORD, client_for, key_of, walk
 
 from collector.simulator import (
     IGROUPS,
@@ -16,6 +15,7 @@ from collector.simulator import (
     World,
     create_app,
 )
+from tests.simulator_fixtures import JSON_ONLY, PASSWORD, client_for, key_of, walk
 
 
 @pytest.fixture
@@ -176,7 +176,9 @@ async def test_filters_support_wildcards_negation_or_and_null(
     not_redhat = await names(**{"initiator.name": "!iqn.1994-05.com.redhat:*"})
     assert len(redhat) + len(not_redhat) == len(sessions)
     either = await names(**{"initiator.name": "*redhat*|*vmware*"})
-    assert len(either) == sum(("redhat" in s.initiator or "vmware" in s.initiator) for s in sessions)
+    assert len(either) == sum(
+        ("redhat" in s.initiator or "vmware" in s.initiator) for s in sessions
+    )
     no_alias = await names(**{"initiator.alias": "null"})
     assert len(no_alias) == sum(cluster.hosts[s.initiator].alias is None for s in sessions)
     mcs = await names(**{"connections.cid": ">=1"})
@@ -232,7 +234,9 @@ async def test_inventory_endpoints_serve_svms_igroups_interfaces_and_targets(
     assert {s["uuid"] for s in svms} == set(cluster.svms)
     assert {g["uuid"] for g in igroups} == set(cluster.igroups)
     assert all(g["protocol"] == "iscsi" and "initiators" in g for g in igroups)
-    assert {lif["ip"]["address"] for lif in lifs} == {i.address for i in cluster.interfaces.values()}
+    assert {lif["ip"]["address"] for lif in lifs} == {
+        i.address for i in cluster.interfaces.values()
+    }
     assert {s["target"]["name"] for s in services} == {s.target_name for s in cluster.svms.values()}
 
 
