@@ -6,6 +6,7 @@ from the simulator; this is for pinning one situation down precisely.
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,8 +68,7 @@ def session_record(
         "isid": isid or f"40:00:01:37:00:{n % 256:02x}",
         "initiator": {"name": initiator or f"iqn.1994-05.com.redhat:host{n}",
                       **({"alias": alias} if alias is not None else {})},
-        "igroups": [{"uuid": f"4ea7a442-86d1-11e0-ae1c-0000000000{i:02d}", "name": name}
-                    for i, name in enumerate(igroups)],
+        "igroups": [{"uuid": igroup_uuid(name), "name": name} for name in igroups],
         "connections": [{
             "cid": cid,
             "authentication_type": auth,
@@ -78,6 +78,11 @@ def session_record(
                           "ip": {"address": lif_address, "port": 3260}},
         } for cid in cids],
     }
+
+
+def igroup_uuid(name: str) -> str:
+    """A stable uuid per igroup name, so tests can rename an igroup by keeping its uuid."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"igroup:{name}"))
 
 
 Responder = Callable[[httpx.Request], httpx.Response]

@@ -168,6 +168,7 @@ class OntapClient:
     async def _get_json(self, url: str, params: dict[str, str] | None, *, page: int | None) -> Any:
         attempt = 0
         while True:
+            retry_after = None
             try:
                 status, reason, body, retry_after = await self._get(url, params, page)
             except OntapUnreachable:
