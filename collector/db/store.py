@@ -198,10 +198,10 @@ def load_state(conn: Connection, cluster_id: int) -> tuple[State, _Ids]:
     memberships = _open_memberships(conn, cluster_id, igroups, ids)
 
     sessions: dict[SessionKey, OpenSession] = {}
-    open_rows = select(m.Session).where(
+    open_rows = select(m.sessions_table).where(
         m.Session.cluster_id == cluster_id, m.Session.ended_at.is_(None)
     )
-    for row in conn.execute(open_rows).scalars():
+    for row in conn.execute(open_rows):
         key = SessionKey(
             svm_uuid[row.svm_id],
             row.target_portal_group,
