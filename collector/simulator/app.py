@@ -95,35 +95,36 @@ class _BrokenResponse(Response):
 
 
 class RecordCache:
-    """Rendered record JSON per key, valid while the record's revision is unchanged."""
+    """Rendered record JSON per (cluster, endpoint, field selection, HAL or not) and key,
+    valid while the record's revision is unchanged."""
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[int, str, Key], tuple[int, dict[tuple[str, bool], bytes]]] = {}
+        self._tables: dict[tuple[int, str, str, bool], dict[Key, tuple[int, bytes]]] = {}
 
-    def get(
+    def render(
         self,
         cluster: Cluster,
         spec: ResourceSpec,
-        key: Key,
+        keys: Sequence[Key],
         selection: q.FieldSelection,
         hal: bool,
-        record: dict[str, Any] | None = None,
-    ) -> bytes | None:
-        revision = spec.revision(cluster, key)
-        slot = (cluster.index, spec.path, key)
-        entry = self._entries.get(slot)
-        if entry is None or entry[0] != revision:
-            entry = (revision, {})
-            self._entries[slot] = entry
-        variant = (selection.canonical, hal)
-        rendered = entry[1].get(variant)
-        if rendered is None:
-            record = record if record is not None else spec.render(cluster, key)
-            if record is None:
-                return None
-            rendered = orjson.dumps(q.project(record, selection.tree, hal))
-            entry[1][variant] = rendered
-        return rendered
+    ) -> list[bytes]:
+        """The JSON of each key's record, skipping keys that name nothing."""
+        table = self._tables.setdefault((cluster.index, spec.path, selection.canonical, hal), {})
+        revision_of = spec.revision
+        out: list[bytes] = []
+        for key in keys:
+            revision = revision_of(cluster, key)
+            hit = table.get(key)
+            if hit is not None and hit[0] == revision:
+                out.append(hit[1])
+                continue
+            record = spec.render(cluster, key)
+            if record is not None:
+                rendered = orjson.dumps(q.project(record, selection.tree, hal))
+                table[key] = (revision, rendered)
+                out.append(rendered)
+        return out
 
 
 class SimulatorApp(Starlette):
@@ -280,10 +281,10 @@ class SimulatorApp(Starlette):
             except LookupFailed as exc:
                 raise OntapError(404, exc.message, exc.code, exc.target) from exc
             hal = _wants_hal(request)
-            body = self.cache.get(cluster, spec, key, selection, hal)
-            if body is None:
+            found = self.cache.render(cluster, spec, [key], selection, hal)
+            if not found:
                 raise OntapError(404, "entry doesn't exist", "4", spec.default_fields[-1])
-            return _respond(body, hal, faults)
+            return _respond(found[0], hal, faults)
 
         return endpoint
 
@@ -312,8 +313,7 @@ class SimulatorApp(Starlette):
             keys = []
             cursor = query.cursor
             page = q.Page([], q.Cursor(cursor.page + 1, cursor.after, cursor.offset), None)
-        parts = [self.cache.get(cluster, spec, key, query.fields, hal) for key in keys]
-        records = [p for p in parts if p is not None]
+        records = self.cache.render(cluster, spec, keys, query.fields, hal)
         return _page_body(
             records,
             self_href=self_href,

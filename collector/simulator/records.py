@@ -123,13 +123,14 @@ def render_session(cluster: Cluster, session: Session) -> Record:
     }
 
 
+# A plain tuple finds a SessionKey entry (same hash, equal), so keys are not rebuilt here.
 def _session_or_none(cluster: Cluster, key: Key) -> Record | None:
-    session = cluster.sessions.get(SessionKey(*key))
+    session = cluster.sessions.get(key)  # type: ignore[call-overload]
     return None if session is None else render_session(cluster, session)
 
 
 def _session_revision(cluster: Cluster, key: Key) -> int:
-    session = cluster.sessions.get(SessionKey(*key))
+    session = cluster.sessions.get(key)  # type: ignore[call-overload]
     return -1 if session is None else session.revision
 
 
