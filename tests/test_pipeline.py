@@ -350,3 +350,23 @@ async def test_a_large_first_snapshot_and_a_full_logout(poller: Poller, engine: 
     assert len(last.event_kinds) == 1200
     assert rows(engine, "SELECT count(*) FROM iscsi_audit.connections WHERE ended_at IS NULL") == [
         (0,)]
+
+
+async def test_a_listener_is_notified_of_committed_events(poller: Poller, database_url: str) -> None:
+    import psycopg
+
+    from collector.db.store import NOTIFY_CHANNEL
+
+    dsn = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        report = await poller.poll(session_record(1), session_record(2))
+        await poller.poll(session_record(1), session_record(2))  # nothing new: no NOTIFY
+        received = [n.payload for n in listener.notifies(timeout=2, stop_after=2)]
+
+    [payload] = received
+    import orjson
+
+    assert orjson.loads(payload) | {"first_event_id": 0, "last_event_id": 0} == {
+        "cluster": "lab", "poll_id": report.poll_id, "kinds": {"connect": 2},
+        "first_event_id": 0, "last_event_id": 0}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -44,6 +45,7 @@ from collector.snapshot import (
 )
 
 COLLECTOR_ID = f"{socket.gethostname()}:{os.getpid()}"
+NOTIFY_CHANNEL = "iscsi_audit_events"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +184,36 @@ class ClusterTransaction:
                 .values(state_version=m.Cluster.state_version + 1)
             )
         kinds = tuple(e.kind.value for e in changes.events) if changes else ()
+        if event_ids:
+            notify_events(self.conn, poll.cluster_label, poll_id, event_ids, kinds)
         return PollResult(poll_id, poll.outcome, event_ids, kinds)
+
+
+def notify_events(
+    conn: Connection, label: str, poll_id: int, event_ids: Sequence[int], kinds: Sequence[str]
+) -> None:
+    """NOTIFY listeners of a poll's events; PostgreSQL delivers it only if the poll commits.
+
+    A poll may record 100,000 events and a payload holds 8,000 bytes, so it names the poll,
+    the lowest and highest of its event ids and the count per kind; a listener reads the
+    events themselves with `WHERE poll_id = ...`.
+    """
+    counts: dict[str, int] = {}
+    for kind in kinds:
+        counts[kind] = counts.get(kind, 0) + 1
+    payload = orjson.dumps(
+        {
+            "cluster": label,
+            "poll_id": poll_id,
+            "first_event_id": event_ids[0],
+            "last_event_id": event_ids[-1],
+            "kinds": counts,
+        }
+    ).decode()
+    conn.execute(
+        text("SELECT pg_notify(:channel, :payload)"),
+        {"channel": NOTIFY_CHANNEL, "payload": payload},
+    )
 
 
 # --- reading the open state -----------------------------------------------------------
