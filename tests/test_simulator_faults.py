@@ -20,7 +20,7 @@ from collector.simulator import (
 )
 from tests.simulator_fixtures import JSON_ONLY, PASSWORD, client_for, key_of, walk
 
-PAGE = {"fields": "tsih", "max_records": 10}
+PAGE: dict[str, str | int] = {"fields": "tsih", "max_records": 10}
 
 
 @pytest.fixture
