@@ -283,7 +283,8 @@ COMMENTS: dict[str, tuple[str, str, dict[str, str]]] = {
         "Every poll attempt with its outcome.",
         {
             "poll_id": "The poll.",
-            "cluster_name": _CLUSTER_NAME + " (at the time of the poll)",
+            "cluster_name": "The cluster's label in the collector's configuration at the time"
+        " of the poll.",
             "started_at": "When the poll began.",
             "finished_at": "When the walk ended.",
             "outcome": "ok, partial or failed.",
