@@ -38,7 +38,8 @@ _COLUMNS = text("""
 
 
 def render(conn: Connection) -> str:
-    views, tables = [], []
+    views: list[str] = []
+    tables: list[str] = []
     for name, kind, about in conn.execute(_RELATIONS, {"schema": SCHEMA}):
         section = _relation(conn, name, "view" if kind == "v" else "table", about)
         (views if kind == "v" else tables).append(section)
