@@ -18,11 +18,12 @@ import click
 import orjson
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from collector import __version__
 from collector.config import (
     CONFIG_ENV,
+    DATABASE_URL_ENV,
     ClusterConfig,
     Config,
     ConfigError,
@@ -59,8 +60,13 @@ class Context:
     explicit_config: bool
 
     def config(self, *, required: bool = True) -> Config:
+        """Load the config; `required=False` lets a missing default file read as empty.
+
+        A file named by --config or $ISCSI_AUDIT_CONFIG must always exist: a typo in its
+        path must not quietly become "no configuration".
+        """
         try:
-            config = load_config(self.config_path, required=required and self.explicit_config)
+            config = load_config(self.config_path, required=required or self.explicit_config)
         except ConfigError as exc:
             raise ConfigProblem(str(exc)) from None
         for cluster in config.clusters:
@@ -76,8 +82,13 @@ class Context:
     def engine(self, config: Config, *, create_schema: bool = True) -> Engine:
         try:
             target = resolve_database(config)
-        except DatabaseError as exc:
-            raise ConfigProblem(f"{self.config_path}: database.url: {exc}") from None
+        except (DatabaseError, ArgumentError) as exc:
+            where = (
+                f"${DATABASE_URL_ENV}"
+                if os.environ.get(DATABASE_URL_ENV)
+                else f"{self.config_path}: database.url"
+            )
+            raise ConfigProblem(f"{where}: {exc}") from None
         log.info(
             "database: %s (%s)",
             make_url(target.url).render_as_string(hide_password=True),
@@ -181,7 +192,9 @@ def collect_command(
     """
     config = obj.config()
     try:
-        selected = [config.cluster(n) for n in clusters] if clusters else list(config.clusters)
+        # dict.fromkeys: `--cluster a --cluster a` polls a once, in the order given
+        names = dict.fromkeys(clusters)
+        selected = [config.cluster(n) for n in names] if names else list(config.clusters)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     if not selected:

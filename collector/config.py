@@ -8,6 +8,8 @@ poll needs it, so a rotated password is picked up without a restart.
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import re
 import shlex
@@ -23,7 +25,7 @@ CONFIG_ENV = "ISCSI_AUDIT_CONFIG"
 DATABASE_URL_ENV = "ISCSI_AUDIT_DATABASE_URL"
 DEFAULT_CONFIG_PATH = Path("iscsi-audit.toml")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # used with fullmatch
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _PASSWORD_COMMAND_TIMEOUT = 30.0
@@ -48,19 +50,26 @@ class PasswordSource:
         if self.kind == "env":
             value = os.environ.get(self.where)
             if not value:
-                raise CredentialError(f"environment variable {self.where} is not set")
+                raise CredentialError(f"environment variable {self.where} is not set or empty")
             return value
         if self.kind == "file":
-            try:
-                return Path(self.where).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise CredentialError(
-                    f"cannot read password_file {self.where}: {exc.strerror}"
-                ) from None
+            return _read_password_file(Path(self.where))
         return _run_password_command(self.where)
 
     def describe(self) -> str:
         return f"password_{self.kind} {self.where}"
+
+
+def _read_password_file(path: Path) -> str:
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CredentialError(f"cannot read password_file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CredentialError(f"password_file {path} is not UTF-8 text") from None
+    if not password:
+        raise CredentialError(f"password_file {path} is empty")
+    return password
 
 
 def _run_password_command(command: str) -> str:
@@ -72,7 +81,12 @@ def _run_password_command(command: str) -> str:
             timeout=_PASSWORD_COMMAND_TIMEOUT,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except subprocess.TimeoutExpired:
+        raise CredentialError(
+            f"password_command timed out after {_PASSWORD_COMMAND_TIMEOUT:g}s"
+        ) from None
+    except (OSError, ValueError) as exc:
+        # ValueError: unbalanced quotes (parse_config refuses them) or a NUL byte
         raise CredentialError(f"password_command failed to run: {type(exc).__name__}") from None
     if done.returncode != 0:
         # stderr may echo the secret in some helpers; report only the status
@@ -113,7 +127,13 @@ class Config:
             if cluster.name == name:
                 return cluster
         known = ", ".join(c.name for c in self.clusters) or "none"
-        raise ConfigError(f"{self.path}: no cluster named {name!r} (configured: {known})")
+        raise ConfigError(
+            f"{_file_label(self.path)}: clusters: no cluster named {name!r} (configured: {known})"
+        )
+
+
+def _file_label(path: Path | None) -> str:
+    return str(path) if path else "<config>"
 
 
 def config_path(explicit: str | Path | None) -> Path:
@@ -140,7 +160,7 @@ def load_config(path: Path, *, required: bool = True) -> Config:
 
 
 def parse_config(document: Mapping[str, Any], path: Path | None) -> Config:
-    where = _Where(str(path) if path else "<config>")
+    where = _Where(_file_label(path))
     where.no_unknown_keys(document, "", {"database", "clusters"})
     database = where.table(document, "database")
     where.no_unknown_keys(database, "database", {"url"})
@@ -181,24 +201,32 @@ _CLUSTER_KEYS = {
 def _cluster(item: Mapping[str, Any], where: _Where, at: str) -> ClusterConfig:
     where.no_unknown_keys(item, at, _CLUSTER_KEYS)
     name = where.required_str(item, at, "name")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise where.error(f"{at}.name", "use letters, digits, '.', '_' and '-' (at most 63)")
     insecure_http = where.optional_bool(item, at, "insecure_http", False)
     url = _cluster_url(where.required_str(item, at, "url"), insecure_http, where, f"{at}.url")
     cert_file = where.optional_path(item, at, "cert_file")
     key_file = where.optional_path(item, at, "key_file")
-    if (cert_file is None) != (key_file is None):
-        raise where.error(f"{at}.cert_file", "cert_file and key_file go together")
+    if cert_file is not None and key_file is None:
+        raise where.error(f"{at}.key_file", "missing (cert_file needs its key_file)")
+    if key_file is not None and cert_file is None:
+        raise where.error(f"{at}.cert_file", "missing (key_file needs its cert_file)")
     password = _password_source(item, where, at)
     username = where.optional_str(item, f"{at}.username", "username")
-    if cert_file is None and (username is None or password is None):
-        raise where.error(
-            f"{at}",
-            "needs username with password_env, password_file or password_command,"
-            " or cert_file and key_file",
-        )
     if password is not None and username is None:
-        raise where.error(f"{at}.username", "missing (a password needs a username)")
+        raise where.error(f"{at}.username", f"missing (password_{password.kind} needs a username)")
+    if username is not None and password is None:
+        raise where.error(
+            f"{at}.username",
+            "has no password: add password_env, password_file or password_command"
+            " (certificate auth needs no username)",
+        )
+    if cert_file is None and password is None:
+        raise where.error(
+            at,
+            "no credentials: give username with password_env, password_file or"
+            " password_command, or cert_file and key_file",
+        )
     verify = where.optional_bool(item, at, "verify", True)
     ca_file = where.optional_path(item, at, "ca_file")
     if ca_file is not None and not verify:
@@ -232,7 +260,7 @@ def _cluster_url(url: str, insecure_http: bool, where: _Where, at: str) -> str:
             "http:// sends the password in clear; use https:// "
             "(or insecure_http = true for a lab or the simulator)",
         )
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
         raise where.error(at, f"{url!r}: give only scheme, host and port")
     try:
         parts.port  # noqa: B018 - raises on a bad port
@@ -246,11 +274,15 @@ def _password_source(item: Mapping[str, Any], where: _Where, at: str) -> Passwor
     if len(given) > 1:
         raise where.error(f"{at}.{given[1]}", f"give only one of {', '.join(given)}")
     if not given:
-        if "password" in item:
-            raise where.error(f"{at}.password", "not allowed")
         return None
     key = given[0]
-    return PasswordSource(key.removeprefix("password_"), where.required_str(item, at, key))
+    value = where.required_str(item, at, key)
+    if key == "password_command":
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise where.error(f"{at}.{key}", f"cannot split into words: {exc}") from None
+    return PasswordSource(key.removeprefix("password_"), value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,12 +297,7 @@ class _Where:
     def no_unknown_keys(self, table: Mapping[str, Any], at: str, allowed: set[str]) -> None:
         for key in table:
             if key not in allowed:
-                hint = (
-                    "never in the file; use password_env, password_file or password_command"
-                    if key == "password"
-                    else f"unknown key (allowed: {', '.join(sorted(allowed))})"
-                )
-                raise self.error(f"{at}.{key}" if at else key, hint)
+                raise self.error(f"{at}.{key}" if at else key, _unknown_key_hint(key, allowed))
 
     def table(self, document: Mapping[str, Any], key: str) -> Mapping[str, Any]:
         value = document.get(key, {})
@@ -310,7 +337,8 @@ class _Where:
     def optional_bool(self, item: Mapping[str, Any], at: str, key: str, default: bool) -> bool:
         value = item.get(key, default)
         if not isinstance(value, bool):
-            raise self.error(f"{at}.{key}", "must be true or false")
+            quoted = " (without quotes)" if isinstance(value, str) else ""
+            raise self.error(f"{at}.{key}", f"{value!r}: must be true or false{quoted}")
         return value
 
     def integer(
@@ -318,7 +346,7 @@ class _Where:
     ) -> int:
         value = item.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise self.error(f"{at}.{key}", f"must be an integer from {low} to {high}")
+            raise self.error(f"{at}.{key}", f"{value!r}: must be an integer from {low} to {high}")
         return value
 
     def duration(
@@ -335,12 +363,25 @@ class _Where:
         return seconds
 
 
+def _unknown_key_hint(key: str, allowed: set[str]) -> str:
+    if key == "password":
+        return (
+            "never in the file (files get copied, backed up and committed);"
+            " use password_env, password_file or password_command"
+        )
+    close = difflib.get_close_matches(key, sorted(allowed), n=1)
+    if close:
+        return f"unknown key; did you mean {close[0]}?"
+    return f"unknown key (allowed: {', '.join(sorted(allowed))})"
+
+
 def parse_duration(value: object) -> float | None:
     """'90s', '5m', '1h', '250ms' or a number of seconds; None when it is none of these."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
+        # TOML allows inf and nan; neither is a duration
+        return float(value) if math.isfinite(value) else None
     if not isinstance(value, str):
         return None
     match = _DURATION.match(value)
