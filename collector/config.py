@@ -109,6 +109,8 @@ class ClusterConfig:
     verify: bool = True
     insecure_http: bool = False
     interval: float = 60.0
+    # up to this many seconds added to each scheduled poll; None: a tenth of the interval
+    jitter: float | None = None
     max_records: int = 1000
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -117,10 +119,20 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CollectorSettings:
+    """The `[collector]` table: how `iscsi-audit run` schedules its polls."""
+
+    concurrency: int = 8  # polls in flight at once, over all clusters
+    max_backoff: float = 900.0  # cap on the delay before retrying a failing cluster
+    jitter: float | None = None  # default for clusters; None: a tenth of each interval
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path | None
     database_url: str | None = None
     clusters: tuple[ClusterConfig, ...] = field(default_factory=tuple)
+    collector: CollectorSettings = field(default_factory=CollectorSettings)
 
     def cluster(self, name: str) -> ClusterConfig:
         for cluster in self.clusters:
@@ -161,11 +173,12 @@ def load_config(path: Path, *, required: bool = True) -> Config:
 
 def parse_config(document: Mapping[str, Any], path: Path | None) -> Config:
     where = _Where(_file_label(path))
-    where.no_unknown_keys(document, "", {"database", "clusters"})
+    where.no_unknown_keys(document, "", {"database", "clusters", "collector"})
     database = where.table(document, "database")
     where.no_unknown_keys(database, "database", {"url"})
+    collector = _collector(where.table(document, "collector"), where)
     clusters = tuple(
-        _cluster(item, where, f"clusters[{i}]")
+        _cluster(item, where, f"clusters[{i}]", collector)
         for i, item in enumerate(where.array_of_tables(document, "clusters"))
     )
     seen: set[str] = set()
@@ -174,7 +187,18 @@ def parse_config(document: Mapping[str, Any], path: Path | None) -> Config:
             raise where.error(f"clusters[{i}].name", f"{cluster.name!r} is used twice")
         seen.add(cluster.name)
     url = where.optional_str(database, "database.url", "url")
-    return Config(path=path, database_url=url, clusters=clusters)
+    return Config(path=path, database_url=url, clusters=clusters, collector=collector)
+
+
+def _collector(table: Mapping[str, Any], where: _Where) -> CollectorSettings:
+    where.no_unknown_keys(table, "collector", {"concurrency", "max_backoff", "jitter"})
+    return CollectorSettings(
+        concurrency=where.integer(table, "collector", "concurrency", 8, 1, 256),
+        max_backoff=where.duration(table, "collector", "max_backoff", 900.0, minimum=1.0),
+        jitter=where.duration(table, "collector", "jitter", 0.0, minimum=0.0)
+        if "jitter" in table
+        else None,
+    )
 
 
 _CLUSTER_KEYS = {
@@ -190,6 +214,7 @@ _CLUSTER_KEYS = {
     "verify",
     "insecure_http",
     "interval",
+    "jitter",
     "max_records",
     "connect_timeout",
     "read_timeout",
@@ -198,7 +223,9 @@ _CLUSTER_KEYS = {
 }
 
 
-def _cluster(item: Mapping[str, Any], where: _Where, at: str) -> ClusterConfig:
+def _cluster(
+    item: Mapping[str, Any], where: _Where, at: str, collector: CollectorSettings
+) -> ClusterConfig:
     where.no_unknown_keys(item, at, _CLUSTER_KEYS)
     name = where.required_str(item, at, "name")
     if not _NAME.fullmatch(name):
@@ -231,6 +258,7 @@ def _cluster(item: Mapping[str, Any], where: _Where, at: str) -> ClusterConfig:
     ca_file = where.optional_path(item, at, "ca_file")
     if ca_file is not None and not verify:
         raise where.error(f"{at}.ca_file", "has no effect with verify = false; remove one")
+    interval = where.duration(item, at, "interval", 60.0, minimum=1.0)
     return ClusterConfig(
         name=name,
         url=url,
@@ -241,13 +269,26 @@ def _cluster(item: Mapping[str, Any], where: _Where, at: str) -> ClusterConfig:
         ca_file=ca_file,
         verify=verify,
         insecure_http=insecure_http,
-        interval=where.duration(item, at, "interval", 60.0, minimum=1.0),
+        interval=interval,
+        jitter=_jitter(item, where, at, interval, collector),
         max_records=where.integer(item, at, "max_records", 1000, 1, 10_000),
         connect_timeout=where.duration(item, at, "connect_timeout", 10.0, minimum=0.1),
         read_timeout=where.duration(item, at, "read_timeout", 60.0, minimum=0.1),
         retries=where.integer(item, at, "retries", 3, 0, 10),
         max_page_bytes=where.integer(item, at, "max_page_bytes", 64 * 1024 * 1024, 1024, 2**31),
     )
+
+
+def _jitter(
+    item: Mapping[str, Any], where: _Where, at: str, interval: float, collector: CollectorSettings
+) -> float | None:
+    if "jitter" not in item and collector.jitter is None:
+        return None
+    jitter = where.duration(item, at, "jitter", collector.jitter or 0.0, minimum=0.0)
+    if jitter > interval:
+        key = f"{at}.jitter" if "jitter" in item else "collector.jitter"
+        raise where.error(key, f"{jitter:g}s is longer than the interval ({interval:g}s)")
+    return jitter
 
 
 def _cluster_url(url: str, insecure_http: bool, where: _Where, at: str) -> str:
@@ -302,7 +343,7 @@ class _Where:
     def table(self, document: Mapping[str, Any], key: str) -> Mapping[str, Any]:
         value = document.get(key, {})
         if not isinstance(value, dict):
-            raise self.error(key, "must be a table ([database])")
+            raise self.error(key, f"must be a table ([{key}])")
         return value
 
     def array_of_tables(self, document: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
