@@ -18,7 +18,6 @@ import pytest
 from collector.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
-    ClusterConfig,
     Config,
     ConfigError,
     CredentialError,
@@ -94,17 +93,15 @@ def test_the_issue_example_reads_into_a_typed_cluster(config_file: Path, pem: Pa
     config = load(config_file, database + cluster_toml(ca_file=str(pem)))
     assert config.path == config_file
     assert config.database_url == "postgresql+psycopg://audit@db.example.com/audit"
-    assert config.clusters == (
-        ClusterConfig(
-            name="prod-a",
-            url="https://prod-a.example.com",
-            username="iscsi_audit",
-            password=PasswordSource("env", "PROD_A_PASSWORD"),
-            ca_file=pem,
-            interval=60.0,
-            max_records=1000,
-        ),
+    (cluster,) = config.clusters
+    assert (cluster.name, cluster.url, cluster.username) == (
+        "prod-a",
+        "https://prod-a.example.com",
+        "iscsi_audit",
     )
+    assert cluster.password == PasswordSource("env", "PROD_A_PASSWORD")
+    assert (cluster.ca_file, cluster.verify) == (pem, True)
+    assert (cluster.interval, cluster.max_records) == (60.0, 1000)
 
 
 def test_defaults_keep_verification_on_and_https_only(config_file: Path) -> None:
