@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import click
 import orjson
+from rich.console import Console
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -41,6 +42,8 @@ from collector.db.store import HistoryStore
 from collector.diff import PollOutcome
 from collector.logs import setup_logging
 from collector.pipeline import PollReport, event_summary, poll_cluster
+from collector.simulator.command import simulator_command
+from collector.tail import tail_command
 
 log = logging.getLogger("collector")
 
@@ -58,6 +61,7 @@ class ConfigProblem(click.ClickException):
 class Context:
     config_path: Path
     explicit_config: bool
+    database_source: str = ""
 
     def config(self, *, required: bool = True) -> Config:
         """Load the config; `required=False` lets a missing default file read as empty.
@@ -74,6 +78,13 @@ class Context:
                 log.warning(
                     "TLS verification is OFF for cluster %s (verify = false): its"
                     " answers and credentials are open to interception",
+                    cluster.name,
+                    extra={"cluster": cluster.name},
+                )
+            if cluster.url.startswith("http://"):
+                log.warning(
+                    "cluster %s is reached over plain http (insecure_http = true): its"
+                    " credentials cross the network in clear",
                     cluster.name,
                     extra={"cluster": cluster.name},
                 )
@@ -95,6 +106,7 @@ class Context:
             target.source,
         )
         engine = make_engine(target.url)
+        self.database_source = target.source
         if create_schema:
             _database_step(lambda: ensure_schema(engine))
         return engine
@@ -240,6 +252,40 @@ def _format_report(report: PollReport, fmt: str) -> str:
         f"{len(report.event_kinds)} events ({event_summary(report.event_kinds)})"
     )
     return f"{line}\t{report.error}" if report.error else line
+
+
+@cli.command("demo")
+@click.option("--clusters", type=click.IntRange(1, 20), default=2, show_default=True,
+              help="Simulated ONTAP clusters.")
+@click.option("--sessions", type=click.IntRange(0, 100_000), default=200, show_default=True,
+              help="Sessions logged in to each cluster at start.")
+@click.option("--churn", type=click.FloatRange(0), default=30.0, show_default=True,
+              metavar="LOGINS_PER_MIN", help="Logins (and as many logouts) per minute per cluster.")
+@click.option("--interval", type=click.FloatRange(0.5), default=3.0, show_default=True,
+              metavar="SECONDS", help="Seconds between polls.")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+              metavar="SECONDS", help="Stop by itself after this many seconds [default: Ctrl-C].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the simulated world.")
+@click.pass_obj
+def demo_command(obj: Context, clusters: int, sessions: int, churn: float, interval: float,
+                 duration: float | None, seed: int) -> None:
+    """Run the simulator and the collector together, with a live view.
+
+    Uses the embedded PostgreSQL unless a database is configured; stops on Ctrl-C or after
+    --duration, then prints what to try next.
+    """
+    from collector.demo import run_demo  # rich and the simulator load only for the demo
+
+    config = obj.config(required=False)
+    engine = obj.engine(config)
+    _database_step(lambda: run_demo(
+        engine, obj.database_source, clusters=clusters, sessions=sessions, churn=churn,
+        interval=interval, duration=duration, seed=seed, console=Console()))
+
+
+cli.add_command(simulator_command)
+cli.add_command(tail_command)
 
 
 def main() -> None:
