@@ -42,7 +42,6 @@ from collector.db.store import HistoryStore
 from collector.diff import PollOutcome
 from collector.logs import setup_logging
 from collector.pipeline import PollReport, event_summary, poll_cluster
-from collector.tail import tail_command
 from collector.simulator.command import simulator_command
 from collector.tail import tail_command
 
@@ -286,9 +285,6 @@ def demo_command(obj: Context, clusters: int, sessions: int, churn: float, inter
 
 
 cli.add_command(simulator_command)
-cli.add_command(tail_command)
-
-
 cli.add_command(tail_command)
 
 
