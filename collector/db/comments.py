@@ -208,6 +208,18 @@ COMMENTS: dict[str, tuple[str, str, dict[str, str]]] = {
             "raw": "The record as ONTAP sent it.",
         },
     ),
+    "sink_positions": (
+        "TABLE",
+        "How far each configured event sink (syslog, webhook, file) has delivered the"
+        " events: a sink resumes after its position when the collector restarts.",
+        {
+            "sink_name": "The sink's name in the configuration ([[sinks]] name).",
+            "last_event_id": "The last event the sink delivered; every event up to it has been"
+            " delivered at least once (0: none yet).",
+            "updated_at": "When the position or the error last changed.",
+            "last_error": "Why the latest delivery attempt failed; null once one succeeds.",
+        },
+    ),
     "session_events": (
         "VIEW",
         "Every audit event with the session it concerns.",

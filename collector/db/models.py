@@ -302,6 +302,17 @@ class RejectedRecord(Base):
     __table_args__ = (Index(None, "poll_id"),)
 
 
+class SinkPosition(Base):
+    """How far a sink has delivered the event log (see collector.sinks)."""
+
+    __tablename__ = "sink_positions"
+
+    sink_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 annotate(Base.metadata)
 
 
@@ -323,3 +334,4 @@ connections_table = _table(Connection)
 session_igroups_table = _table(SessionIgroup)
 events_table = _table(Event)
 rejected_records_table = _table(RejectedRecord)
+sink_positions_table = _table(SinkPosition)
