@@ -89,6 +89,11 @@ def read_new_events(engine: Engine, view: DemoView) -> list[EventRow]:
     return shown
 
 
+def _last_event_id(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(text("SELECT coalesce(max(event_id), 0) FROM iscsi_audit.events")))
+
+
 async def poll_loop(clusters: Sequence[ClusterConfig], store: HistoryStore, view: DemoView,
                     interval: float, deadline: float | None, stop: asyncio.Event,
                     on_poll: Callable[[list[EventRow]], None]) -> None:
@@ -130,7 +135,7 @@ def run_demo(engine: Engine, database_source: str, *, clusters: int, sessions: i
     app = create_app(world, password=password, base_port=0, clock=time.monotonic)
     server = SimulatorServer(app, host="127.0.0.1", port=0)
     server.start()
-    view = DemoView()
+    view = DemoView(last_event_id=_last_event_id(engine))  # show only this run's events
     configs = demo_clusters(server, clusters)
     console.print(f"simulator: {clusters} ONTAP cluster(s), {sessions} sessions each,"
                   f" {churn:g} logins/min, at " + ", ".join(c.url for c in configs),
