@@ -3,22 +3,28 @@
 A poll never raises for what a cluster does (unreachable, 401, bad pages): that is a
 `failed` poll, recorded with its error. It raises only when the history itself cannot be
 written, which no retry of the cluster would fix.
+
+Cancelling a poll (the collector stopping) abandons its walk, which wrote nothing; once
+the write has begun it runs to its commit and the cancel is honoured after, so a stop
+never leaves a poll half recorded or unlogged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 import httpx
 
 from collector.config import ClusterConfig, CredentialError
 from collector.db.store import HistoryStore, PollRecord, PollResult
 from collector.diff import PollOutcome, diff
-from collector.ontap.client import OntapClient, OntapError, RetryPolicy
+from collector.ontap.client import OntapClient, OntapError, OntapHTTPError, RetryPolicy
 from collector.ontap.resources import ClusterIdentity
 from collector.snapshot import Snapshot, SnapshotBuilder
 
@@ -56,6 +62,7 @@ class Fetched:
 class FetchFailed:
     identity: ClusterIdentity | None
     error: str
+    status: int | None = None  # the HTTP status that ended the walk, if one did
 
 
 async def poll_cluster(
@@ -71,8 +78,8 @@ async def poll_cluster(
     finished_at = clock()
     if isinstance(fetched, FetchFailed):
         poll = PollRecord(cluster.name, started_at, finished_at, PollOutcome.FAILED, fetched.error)
-        result = await asyncio.to_thread(store.record_failure, poll, fetched.identity)
-        return _report(poll, result, None)
+        write = partial(store.record_failure, poll, fetched.identity)
+        return await _whole(_record(poll, write, None))
     snapshot = fetched.snapshot
     outcome = PollOutcome.PARTIAL if snapshot.rejected else PollOutcome.OK
     poll = PollRecord(
@@ -82,8 +89,25 @@ async def poll_cluster(
         outcome,
         rejected_summary(snapshot) if snapshot.rejected else None,
     )
-    result = await asyncio.to_thread(store_snapshot, store, poll, fetched.identity, snapshot)
+    write = partial(store_snapshot, store, poll, fetched.identity, snapshot)
+    return await _whole(_record(poll, write, snapshot))
+
+
+async def _record(
+    poll: PollRecord, write: Callable[[], PollResult], snapshot: Snapshot | None
+) -> PollReport:
+    result = await asyncio.to_thread(write)
     return _report(poll, result, snapshot)
+
+
+async def _whole(write: Coroutine[Any, Any, PollReport]) -> PollReport:
+    """Finish a poll's write even when the poll is cancelled meanwhile; then honour the cancel."""
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
 
 
 async def fetch(
@@ -92,16 +116,51 @@ async def fetch(
     transport: httpx.AsyncBaseTransport | None = None,
     retry: RetryPolicy | None = None,
 ) -> Fetched | FetchFailed:
-    """Walk the cluster's sessions into a snapshot; a failure is a value, not an exception."""
-    identity: ClusterIdentity | None = None
+    """Walk the cluster's sessions into a snapshot; a failure is a value, not an exception.
+
+    After a 401 the password is read again from its file or command, and the walk is
+    tried once more only if it changed: a rotated password is picked up at once, and an
+    unchanged wrong one does not count twice against the account's lockout.
+    """
     try:
         password = cluster.password.read() if cluster.password else None
+    except CredentialError as exc:
+        return FetchFailed(None, str(exc))
+    fetched = await _walk(cluster, password, transport, retry)
+    if not isinstance(fetched, FetchFailed) or fetched.status != 401:
+        return fetched
+    if cluster.password is None or cluster.password.kind == "env":
+        return fetched  # nothing to re-read: the environment does not change under us
+    try:
+        fresh = cluster.password.read()
+    except CredentialError as exc:
+        return FetchFailed(fetched.identity, f"{fetched.error}; reading it again: {exc}", 401)
+    if fresh == password:
+        return fetched
+    log.info(
+        "401 with the old password; %s has a new one, trying again",
+        cluster.password.describe(),
+        extra={"cluster": cluster.name},
+    )
+    return await _walk(cluster, fresh, transport, retry)
+
+
+async def _walk(
+    cluster: ClusterConfig,
+    password: str | None,
+    transport: httpx.AsyncBaseTransport | None,
+    retry: RetryPolicy | None,
+) -> Fetched | FetchFailed:
+    identity: ClusterIdentity | None = None
+    try:
         async with OntapClient(cluster, password, transport=transport, retry=retry) as client:
             identity = await client.cluster_identity()
             builder = SnapshotBuilder()
             async for page in client.session_pages():
                 builder.add_page(page.records)
-    except (OntapError, CredentialError) as exc:
+    except OntapHTTPError as exc:
+        return FetchFailed(identity, str(exc), exc.status)
+    except OntapError as exc:
         return FetchFailed(identity, str(exc))
     except OSError as exc:  # unreadable CA bundle or client certificate
         return FetchFailed(identity, f"TLS setup: {exc}")
