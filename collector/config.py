@@ -18,8 +18,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from collector.sinks.config import SinkConfig
 
 CONFIG_ENV = "ISCSI_AUDIT_CONFIG"
 DATABASE_URL_ENV = "ISCSI_AUDIT_DATABASE_URL"
@@ -133,6 +136,7 @@ class Config:
     database_url: str | None = None
     clusters: tuple[ClusterConfig, ...] = field(default_factory=tuple)
     collector: CollectorSettings = field(default_factory=CollectorSettings)
+    sinks: tuple[SinkConfig, ...] = field(default_factory=tuple)
 
     def cluster(self, name: str) -> ClusterConfig:
         for cluster in self.clusters:
@@ -173,7 +177,7 @@ def load_config(path: Path, *, required: bool = True) -> Config:
 
 def parse_config(document: Mapping[str, Any], path: Path | None) -> Config:
     where = _Where(_file_label(path))
-    where.no_unknown_keys(document, "", {"database", "clusters", "collector"})
+    where.no_unknown_keys(document, "", {"database", "clusters", "collector", "sinks"})
     database = where.table(document, "database")
     where.no_unknown_keys(database, "database", {"url"})
     collector = _collector(where.table(document, "collector"), where)
@@ -187,7 +191,13 @@ def parse_config(document: Mapping[str, Any], path: Path | None) -> Config:
             raise where.error(f"clusters[{i}].name", f"{cluster.name!r} is used twice")
         seen.add(cluster.name)
     url = where.optional_str(database, "database.url", "url")
-    return Config(path=path, database_url=url, clusters=clusters, collector=collector)
+    # imported here: collector.sinks builds on this module
+    from collector.sinks.config import parse_sinks
+
+    sinks = parse_sinks(where.array_of_tables(document, "sinks"), where)
+    return Config(
+        path=path, database_url=url, clusters=clusters, collector=collector, sinks=sinks
+    )
 
 
 def _collector(table: Mapping[str, Any], where: _Where) -> CollectorSettings:

@@ -154,14 +154,13 @@ async def test_filter_by_cluster_and_kind(source: EventSource, engine: Engine) -
 def tail_process(database_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     env = {k: v for k, v in os.environ.items() if k != CONFIG_ENV}
     env[DATABASE_URL_ENV] = database_url
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [str(ISCSI_AUDIT), "tail", "--format", "json", "--since", "1"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    yield process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    ) as process:
+        yield process
+        if process.poll() is None:
+            process.kill()
 
 
 def _lines(stream: object) -> queue.Queue[str]:
