@@ -45,6 +45,7 @@ from collector.logs import setup_logging
 from collector.pipeline import PollReport, event_summary, poll_cluster
 from collector.service import run_command
 from collector.simulator.command import simulator_command
+from collector.sinks.command import sinks_command
 from collector.tail import tail_command
 
 log = logging.getLogger("collector")
@@ -307,6 +308,7 @@ def demo_command(obj: Context, clusters: int, sessions: int, churn: float, inter
 
 cli.add_command(simulator_command)
 cli.add_command(tail_command)
+cli.add_command(sinks_command)
 cli.add_command(run_command)
 
 

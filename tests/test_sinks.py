@@ -8,10 +8,12 @@ served by uvicorn that is first not listening, then answers 503, then accepts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import ssl
 import time
+import tomllib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +25,7 @@ import orjson
 import pytest
 import trustme
 import uvicorn
+from click.testing import CliRunner
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 from starlette.applications import Starlette
@@ -30,7 +33,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from collector.config import ConfigError, parse_config
+from collector.cli import cli
+from collector.config import DATABASE_URL_ENV, ConfigError, parse_config
 from collector.db.feed import FeedEvent
 from collector.sinks import run_sinks
 from collector.sinks.config import FileSink, SinkConfig, SyslogSink, WebhookSink
@@ -382,3 +386,34 @@ async def test_a_sink_that_is_down_delays_only_itself(
 
     assert position(engine, "down")[0] == 0
     assert metric("iscsi_audit_sink_lag_events", "up") == 0
+
+
+# --- iscsi-audit sinks status ------------------------------------------------------------------
+
+
+async def test_sinks_status_shows_position_lag_and_last_error(
+    source: EventSource, engine: Engine, database_url: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = tmp_path / "iscsi-audit.toml"
+    config.write_text(
+        f'[[sinks]]\nname = "archive"\ntype = "file"\npath = "{tmp_path / "e.jsonl"}"\n'
+        f'[[sinks]]\nname = "siem"\ntype = "syslog"\ntransport = "tcp"\n'
+        f'address = "127.0.0.1:{free_port()}"\n')
+    sinks = parse_config(tomllib.loads(config.read_text()), config).sinks
+    async with running(engine, *sinks):
+        await source.poll(login=range(1, 4))
+        await until(lambda: position(engine, "archive")[0] == 3)
+        await until(lambda: position(engine, "siem")[1] is not None)
+    monkeypatch.setenv(DATABASE_URL_ENV, database_url)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # the command installs its own
+
+    result = CliRunner().invoke(cli, ["--config", str(config), "sinks", "status",
+                                      "--format", "json"])
+
+    archive, siem = (orjson.loads(line) for line in result.stdout.splitlines())
+    assert result.exit_code == 1  # a sink is failing
+    assert (archive["sink"], archive["type"], archive["last_event_id"], archive["lag"],
+            archive["last_error"]) == ("archive", "file", 3, 0, None)
+    assert (siem["sink"], siem["last_event_id"], siem["lag"]) == ("siem", 0, 3)
+    assert siem["last_error"].startswith("ConnectionRefusedError: ")

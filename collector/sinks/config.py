@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from collector.config import _NAME, ConfigError, _Where
@@ -43,6 +43,7 @@ _PRINTABLE_ASCII = set(map(chr, range(33, 127)))  # RFC 5424 APP-NAME characters
 
 @dataclass(frozen=True, slots=True)
 class SyslogSink:
+    type: ClassVar[str] = "syslog"
     name: str
     host: str
     port: int
@@ -56,6 +57,7 @@ class SyslogSink:
 
 @dataclass(frozen=True, slots=True)
 class WebhookSink:
+    type: ClassVar[str] = "webhook"
     name: str
     url: str
     headers: tuple[tuple[str, str], ...] = ()
@@ -83,6 +85,7 @@ class WebhookSink:
 
 @dataclass(frozen=True, slots=True)
 class FileSink:
+    type: ClassVar[str] = "file"
     name: str
     path: Path
     batch_size: int = 100
