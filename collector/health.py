@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
@@ -69,7 +69,10 @@ def create_app(registry: CollectorRegistry, engine: Engine) -> Starlette:
         return JSONResponse(asdict(readiness), status_code=200 if readiness.ready else 503)
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # the collector's own registry, then the default one: the sinks' metrics and the
+        # process's (CPU, memory, open files)
+        body = generate_latest(registry) + generate_latest(REGISTRY)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)])
 

@@ -8,7 +8,9 @@ Polls every configured cluster on its own interval (collector.scheduler) until a
                      without a restart; a file that does not validate is refused, the
                      reason logged, and the running configuration kept
 
-With `--metrics-port`, `/metrics` and `/healthz` are served (collector.health).
+The configured `[[sinks]]` forward committed events (collector.sinks) from the same
+process; a reload that changes them restarts the sinks, each resuming from its stored
+position. With `--metrics-port`, `/metrics` and `/healthz` are served (collector.health).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -30,6 +33,7 @@ from collector.health import OperationsServer
 from collector.metrics import CollectorMetrics
 from collector.pipeline import PollReport, poll_cluster
 from collector.scheduler import ClusterChanges, PollScheduler
+from collector.sinks import run_sinks
 
 if TYPE_CHECKING:
     from collector.cli import Context
@@ -115,6 +119,7 @@ class Collector:
         self._metrics = metrics
         self._concurrency_option = concurrency
         self._store = HistoryStore(engine)
+        self._sinks: _Sinks | None = None
 
     async def run(self) -> None:
         signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
@@ -130,6 +135,7 @@ class Collector:
         )
         await self._apply(scheduler, self._config)
         scheduler.start()
+        self._start_sinks(self._config)
         log.info(
             "collector running: %d clusters (%s), %d polls at a time",
             len(self._config.clusters),
@@ -140,6 +146,8 @@ class Collector:
             await self._reload(scheduler)
         log.info("%s: stopping; polls already writing will commit", sig.name)
         await scheduler.stop()
+        # after the polls: events their last writes committed may still go out
+        await self._stop_sinks()
         for handled in (*_STOP_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(handled)
         log.info("collector stopped")
@@ -159,6 +167,10 @@ class Collector:
             return
         self._restart_notes(config)
         changes = await self._apply(scheduler, config)
+        if config.sinks != self._config.sinks:
+            await self._stop_sinks()
+            self._start_sinks(config)
+            log.info("sinks restarted with the new configuration (%d)", len(config.sinks))
         self._config = config
         self._metrics.reloads.labels("applied").inc()
         log.info("configuration reloaded: %s", changes.summary())
@@ -167,6 +179,21 @@ class Collector:
         new = [c.name for c in config.clusters if c.name not in scheduler.clusters]
         last_ok = await asyncio.to_thread(last_ok_polls, self._engine, new) if new else {}
         return scheduler.apply(config.clusters, config.collector.max_backoff, last_ok)
+
+    def _start_sinks(self, config: Config) -> None:
+        if not config.sinks:
+            return
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_sinks(self._engine, config.sinks, stop), name="sinks")
+        task.add_done_callback(_log_sinks_end)
+        self._sinks = _Sinks(task, stop)
+
+    async def _stop_sinks(self) -> None:
+        if self._sinks is None:
+            return
+        self._sinks.stop.set()
+        await asyncio.gather(self._sinks.task, return_exceptions=True)
+        self._sinks = None
 
     def _refuse(self, reason: str) -> None:
         self._metrics.reloads.labels("refused").inc()
@@ -181,6 +208,20 @@ class Collector:
             new.collector.concurrency != old.collector.concurrency
         ):
             log.warning("collector.concurrency changed: it takes effect at the next restart")
+
+
+@dataclass(frozen=True, slots=True)
+class _Sinks:
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+
+
+def _log_sinks_end(task: asyncio.Task[None]) -> None:
+    # the sinks handle their receivers' failures; anything reaching here is a bug, and the
+    # collector keeps recording rather than die with it (events wait in the table)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("event sinks stopped: %r; events are kept and sent after a restart", exc,
+                  exc_info=exc)
 
 
 def last_ok_polls(engine: Engine, labels: Sequence[str]) -> dict[str, datetime]:

@@ -216,6 +216,24 @@ def test_a_bad_config_on_sighup_is_refused_and_the_old_one_keeps_running(
     assert run.stop()[0] == 0
 
 
+def test_run_forwards_committed_events_to_its_sinks(
+    ontap, daemon, tmp_config: Path, tmp_path: Path
+) -> None:
+    server, _ = ontap
+    out = tmp_path / "events.jsonl"
+    tmp_config.write_text(cluster_toml("first", server.base_url(0))
+                          + f'[[sinks]]\nname = "audit-file"\ntype = "file"\npath = "{out}"\n')
+    run = daemon(tmp_config)
+
+    def delivered() -> list[dict[str, Any]]:
+        lines = out.read_text().splitlines() if out.exists() else []
+        return [orjson.loads(line) for line in lines]
+
+    wait_for(lambda: len(delivered()) >= SESSIONS_PER_CLUSTER, what="events in the file")
+    assert run.stop()[0] == 0
+    assert {e["kind"] for e in delivered()} == {"connect"}
+
+
 def test_metrics_show_a_failed_poll(daemon, tmp_config: Path) -> None:
     with socket.socket() as sock:  # a port nobody listens on: the cluster is down
         sock.bind(("127.0.0.1", 0))
