@@ -137,7 +137,7 @@ class Collector:
         scheduler.start()
         self._start_sinks(self._config)
         log.info(
-            "collector running: %d clusters (%s), %d polls at a time",
+            "collector running: %d cluster(s) (%s), at most %d polls at a time",
             len(self._config.clusters),
             ", ".join(c.name for c in self._config.clusters),
             concurrency,
