@@ -109,30 +109,56 @@ class Changes:
         return bool(self.events or self.entities)
 
 
+@dataclass(frozen=True, slots=True)
+class _Comparison:
+    """How the snapshot's keys relate to the open state's. Most sessions of a poll are the
+    very objects of the previous one (the snapshot reuses unchanged records), so only the
+    few that are not get compared field by field."""
+
+    opened: list[SessionKey]
+    closed: list[SessionKey]
+    replaced: list[SessionKey]  # other objects than the state's, equal or not
+    updated: list[SessionKey]  # of those, the ones that differ
+
+    @staticmethod
+    def of(previous: State, snapshot: Snapshot, outcome: PollOutcome) -> _Comparison:
+        seen, was = snapshot.sessions, previous.sessions
+        replaced = [
+            k for k, s in seen.items() if (w := was.get(k)) is not None and w.session is not s
+        ]
+        return _Comparison(
+            opened=list(seen.keys() - was.keys()),
+            closed=list(was.keys() - seen.keys()) if outcome.may_close else [],
+            replaced=replaced,
+            updated=[k for k in replaced if was[k].session != seen[k]],
+        )
+
+
 def diff(
     previous: State, snapshot: Snapshot, outcome: PollOutcome, observed_at: datetime
 ) -> Changes:
     """Compare a snapshot with the open state; return the events and the state after them."""
     if not outcome.may_open:
         return Changes((), EntityVersions(), previous)
-    entities = _entity_versions(previous, snapshot)
+    comparison = _Comparison.of(previous, snapshot, outcome)
+    changed = [snapshot.sessions[k] for k in (*comparison.opened, *comparison.updated)]
+    entities = _entity_versions(previous, changed)
     events = [
         *_entity_events(previous, entities, observed_at),
-        *_session_events(previous, snapshot, outcome, observed_at),
+        *_session_events(previous, snapshot, comparison, observed_at),
     ]
-    return Changes(
-        tuple(events), entities, _next_state(previous, snapshot, outcome, observed_at, entities)
-    )
+    state = _next_state(previous, snapshot, comparison, outcome, observed_at, entities)
+    return Changes(tuple(events), entities, state)
 
 
 # --- sessions ----------------------------------------------------------------------------
 
 
 def _session_events(
-    previous: State, snapshot: Snapshot, outcome: PollOutcome, observed_at: datetime
+    previous: State, snapshot: Snapshot, comparison: _Comparison, observed_at: datetime
 ) -> list[Event]:
     events: list[Event] = []
-    for key in sorted(snapshot.sessions.keys() | previous.sessions.keys()):
+    for key in sorted({*comparison.opened, *comparison.closed, *comparison.updated}):
         seen = snapshot.sessions.get(key)
         was = previous.sessions.get(key)
         if was is None and seen is not None:
@@ -147,8 +173,7 @@ def _session_events(
                 )
             )
         elif was is not None and seen is None:
-            if outcome.may_close:
-                events.append(_disconnect(was, previous.last_ok_at, observed_at))
+            events.append(_disconnect(was, previous.last_ok_at, observed_at))
         elif was is not None and seen is not None:
             after = _later(previous.last_ok_at, was.first_seen_at)
             events.extend(_session_updates(was.session, seen, observed_at, after))
@@ -292,11 +317,13 @@ def _changed_connection_fields(old: Connection, new: Connection) -> dict[str, An
 # --- SVMs, igroups, LIFs -------------------------------------------------------------------
 
 
-def _entity_versions(previous: State, snapshot: Snapshot) -> EntityVersions:
+def _entity_versions(previous: State, changed: Iterable[Session]) -> EntityVersions:
+    """Names and addresses from the new or changed sessions (an unchanged session names
+    nothing the state does not know already)."""
     svms: dict[str, str | None] = {}
     igroups: dict[str, str | None] = {}
     interfaces: dict[str, Interface] = {}
-    for session in snapshot.sessions.values():
+    for session in changed:
         svms[session.key.svm_uuid] = session.svm_name
         for group in session.igroups:
             igroups[group.uuid] = group.name
@@ -366,16 +393,19 @@ def _entity_events(previous: State, entities: EntityVersions, observed_at: datet
 def _next_state(
     previous: State,
     snapshot: Snapshot,
+    comparison: _Comparison,
     outcome: PollOutcome,
     observed_at: datetime,
     entities: EntityVersions,
 ) -> State:
-    sessions: dict[SessionKey, OpenSession] = {}
-    if not outcome.may_close:
-        sessions.update(previous.sessions)
-    for key, session in snapshot.sessions.items():
-        was = previous.sessions.get(key)
-        sessions[key] = OpenSession(session, was.first_seen_at if was else observed_at)
+    sessions = dict(previous.sessions)
+    for key in comparison.closed:
+        del sessions[key]
+    for key in comparison.opened:
+        sessions[key] = OpenSession(snapshot.sessions[key], observed_at)
+    for key in comparison.replaced:
+        # the snapshot's object, even when equal, so the next poll can skip it by identity
+        sessions[key] = OpenSession(snapshot.sessions[key], sessions[key].first_seen_at)
     return replace(
         previous,
         sessions=sessions,

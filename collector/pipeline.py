@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 
 from collector.config import ClusterConfig, CredentialError
-from collector.db.store import HistoryStore, PollRecord, PollResult
+from collector.db.store import ClusterMemory, HistoryStore, PollRecord, PollResult
 from collector.diff import PollOutcome, diff
 from collector.ontap.client import OntapClient, OntapError, OntapHTTPError, RetryPolicy
 from collector.ontap.resources import ClusterIdentity
-from collector.snapshot import Snapshot, SnapshotBuilder
+from collector.snapshot import Session, Snapshot, SnapshotBuilder
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,17 @@ async def poll_cluster(
     transport: httpx.AsyncBaseTransport | None = None,
     retry: RetryPolicy | None = None,
     clock: Clock = utcnow,
+    memory: ClusterMemory | None = None,
 ) -> PollReport:
+    """Poll once. A collector that polls again passes the same `memory` for this cluster:
+    the next poll then parses and reloads only what changed."""
     started_at = clock()
-    fetched = await fetch(cluster, transport=transport, retry=retry)
+    fetched = await fetch(
+        cluster,
+        transport=transport,
+        retry=retry,
+        known=memory.parsed if memory is not None else None,
+    )
     finished_at = clock()
     if isinstance(fetched, FetchFailed):
         poll = PollRecord(cluster.name, started_at, finished_at, PollOutcome.FAILED, fetched.error)
@@ -89,7 +97,9 @@ async def poll_cluster(
         outcome,
         rejected_summary(snapshot) if snapshot.rejected else None,
     )
-    write = partial(store_snapshot, store, poll, fetched.identity, snapshot)
+    if memory is not None:
+        memory.parsed = snapshot.parsed
+    write = partial(store_snapshot, store, poll, fetched.identity, snapshot, memory)
     return await _whole(_record(poll, write, snapshot))
 
 
@@ -107,6 +117,8 @@ async def _whole(write: Coroutine[Any, Any, PollReport]) -> PollReport:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         await asyncio.wait({task})
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("poll not recorded while stopping: %r", error)
         raise
 
 
@@ -115,8 +127,11 @@ async def fetch(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     retry: RetryPolicy | None = None,
+    known: Mapping[bytes, Session] | None = None,
 ) -> Fetched | FetchFailed:
     """Walk the cluster's sessions into a snapshot; a failure is a value, not an exception.
+
+    `known` is the previous walk's `Snapshot.parsed`: its records are not parsed again.
 
     After a 401 the password is read again from its file or command, and the walk is
     tried once more only if it changed: a rotated password is picked up at once, and an
@@ -126,7 +141,7 @@ async def fetch(
         password = cluster.password.read() if cluster.password else None
     except CredentialError as exc:
         return FetchFailed(None, str(exc))
-    fetched = await _walk(cluster, password, transport, retry)
+    fetched = await _walk(cluster, password, transport, retry, known)
     if not isinstance(fetched, FetchFailed) or fetched.status != 401:
         return fetched
     if cluster.password is None or cluster.password.kind == "env":
@@ -142,7 +157,7 @@ async def fetch(
         cluster.password.describe(),
         extra={"cluster": cluster.name},
     )
-    return await _walk(cluster, fresh, transport, retry)
+    return await _walk(cluster, fresh, transport, retry, known)
 
 
 async def _walk(
@@ -150,12 +165,13 @@ async def _walk(
     password: str | None,
     transport: httpx.AsyncBaseTransport | None,
     retry: RetryPolicy | None,
+    known: Mapping[bytes, Session] | None,
 ) -> Fetched | FetchFailed:
     identity: ClusterIdentity | None = None
     try:
         async with OntapClient(cluster, password, transport=transport, retry=retry) as client:
             identity = await client.cluster_identity()
-            builder = SnapshotBuilder()
+            builder = SnapshotBuilder(known)
             async for page in client.session_pages():
                 builder.add_page(page.records)
     except OntapHTTPError as exc:
@@ -168,9 +184,13 @@ async def _walk(
 
 
 def store_snapshot(
-    store: HistoryStore, poll: PollRecord, identity: ClusterIdentity, snapshot: Snapshot
+    store: HistoryStore,
+    poll: PollRecord,
+    identity: ClusterIdentity,
+    snapshot: Snapshot,
+    memory: ClusterMemory | None = None,
 ) -> PollResult:
-    with store.cluster_transaction(poll.cluster_label, identity, poll.started_at) as tx:
+    with store.cluster_transaction(poll.cluster_label, identity, poll.started_at, memory) as tx:
         previous = tx.open_state()
         changes = diff(previous, snapshot, poll.outcome, poll.started_at)
         return tx.record(poll, changes, snapshot)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from collector.config import ClusterConfig, PasswordSource
-from collector.db.store import HistoryStore
+from collector.db.store import ClusterMemory, HistoryStore
 from collector.diff import PollOutcome
 from collector.ontap.client import RetryPolicy
 from collector.pipeline import PollReport, poll_cluster
@@ -25,7 +25,8 @@ T0 = datetime(2026, 12, 1, tzinfo=UTC)
 class SimulatedFleet:
     """One simulated cluster, polled once per simulated minute."""
 
-    def __init__(self, store: HistoryStore, *, sessions: int, churn: float, seed: int) -> None:
+    def __init__(self, store: HistoryStore, *, sessions: int, churn: float, seed: int,
+                 memory: ClusterMemory | None = None) -> None:
         self.world = World.generate(clusters=1, sessions=sessions, seed=seed,
                                     churn_per_minute=churn)
         self.app: SimulatorApp = create_app(self.world, password=PASSWORD)
@@ -34,6 +35,7 @@ class SimulatedFleet:
             name="sim-a", url=self.app.base_url(0), insecure_http=True, username="admin",
             password=PasswordSource("env", "SIM_PASSWORD"), max_records=97)
         self.minute = 0
+        self.memory = memory
 
     async def poll(self) -> PollReport:
         async def no_sleep(seconds: float) -> None:
@@ -43,7 +45,7 @@ class SimulatedFleet:
         return await poll_cluster(self.cluster, self.store,
                                   transport=httpx.ASGITransport(app=self.app),
                                   retry=RetryPolicy(retries=1, sleep=no_sleep),
-                                  clock=lambda: moment)
+                                  clock=lambda: moment, memory=self.memory)
 
     def advance(self, minutes: int = 1) -> None:
         self.world.advance(60.0 * minutes)
@@ -63,10 +65,14 @@ def open_sessions(engine: Engine) -> set[tuple[Any, ...]]:
             " WHERE s.ended_at IS NULL"))}
 
 
-@pytest.fixture
-def fleet(store: HistoryStore, monkeypatch: pytest.MonkeyPatch) -> SimulatedFleet:
+@pytest.fixture(params=["fresh", "remembering"])
+def fleet(request: pytest.FixtureRequest, store: HistoryStore,
+          monkeypatch: pytest.MonkeyPatch) -> SimulatedFleet:
+    """A collector that starts afresh each poll (`collect --once`), and one that keeps
+    what it parsed and read between polls (`run`): both must record the same history."""
     monkeypatch.setenv("SIM_PASSWORD", PASSWORD)
-    return SimulatedFleet(store, sessions=400, churn=40.0, seed=11)
+    memory = ClusterMemory() if request.param == "remembering" else None
+    return SimulatedFleet(store, sessions=400, churn=40.0, seed=11, memory=memory)
 
 
 async def test_history_tracks_a_churning_world_poll_after_poll(fleet: SimulatedFleet,
@@ -137,3 +143,24 @@ async def test_password_rotation_fails_polls_until_the_new_one_is_used(
 
     assert denied.outcome is PollOutcome.FAILED and "HTTP 401" in (denied.error or "")
     assert accepted.outcome is PollOutcome.OK
+
+
+async def test_a_remembering_collector_rereads_after_another_collector_wrote(
+        store: HistoryStore, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIM_PASSWORD", PASSWORD)
+    ours = SimulatedFleet(store, sessions=300, churn=60.0, seed=5, memory=ClusterMemory())
+    theirs = SimulatedFleet(store, sessions=300, churn=60.0, seed=5, memory=ClusterMemory())
+    theirs.world, theirs.app = ours.world, ours.app  # one cluster, two collectors
+
+    for poller in (ours, theirs, theirs, ours, ours, theirs, ours):
+        ours.advance()
+        theirs.minute = ours.minute
+        report = await poller.poll()
+        assert report.outcome is PollOutcome.OK
+        assert open_sessions(engine) == ours.world_sessions()
+
+    with engine.connect() as conn:
+        duplicates = conn.scalar(text(
+            "SELECT count(*) FROM (SELECT session_id FROM iscsi_audit.events"
+            " WHERE kind = 'connect' GROUP BY session_id HAVING count(*) > 1) d"))
+    assert duplicates == 0

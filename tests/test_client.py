@@ -98,7 +98,7 @@ async def test_a_next_link_to_another_server_is_refused() -> None:
     ontap = FakeOntap(pages=[[session_record(1)], [session_record(2)]],
                       next_href=lambda i: "https://evil.example.net/api/x?start.token=p2")
 
-    with pytest.raises(OntapBadResponse, match="another server: evil.example.net"):
+    with pytest.raises(OntapBadResponse, match=r"another server: evil\.example\.net"):
         await walk(ontap)
 
 
@@ -172,7 +172,7 @@ async def test_a_page_over_the_size_limit_fails() -> None:
     small = ClusterConfig(name="lab", url="https://cluster1.example.com", username="admin",
                           max_page_bytes=4096)
 
-    with pytest.raises(OntapBadResponse, match="page 1: response .*over the 4096 byte limit"):
+    with pytest.raises(OntapBadResponse, match=r"page 1: response .*over the 4096 byte limit"):
         await walk(ontap, cluster=small)
 
 
@@ -245,7 +245,7 @@ async def test_an_untrusted_certificate_fails_without_retrying(tls_cluster) -> N
     cluster = ClusterConfig(name="tls", url=url, username="admin")
     sleeps = Sleeps()
 
-    with pytest.raises(OntapTLSError, match="not trusted .*set ca_file"):
+    with pytest.raises(OntapTLSError, match=r"not trusted .*set ca_file"):
         async with OntapClient(cluster, "pw", retry=RetryPolicy(sleep=sleeps)) as c:
             await c.cluster_identity()
     assert sleeps.delays == []

@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +29,7 @@ def at(minutes: int) -> datetime:
 
 def snapshot_of(*records: dict[str, Any]) -> Snapshot:
     builder = SnapshotBuilder()
-    builder.add_page(records)
+    builder.add_page([orjson.dumps(r) for r in records])
     return builder.build()
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -206,7 +207,8 @@ async def test_an_empty_ok_snapshot_closes_everything(poller: Poller, engine: En
 
     await poller.poll()
 
-    assert rows(engine, "SELECT count(*) FROM iscsi_audit.sessions WHERE ended_at IS NULL") == [(0,)]
+    assert rows(engine, "SELECT count(*) FROM iscsi_audit.sessions"
+                        " WHERE ended_at IS NULL") == [(0,)]
     assert rows(engine, "SELECT count(*), count(ended_at) FROM iscsi_audit.connections") == [(8, 8)]
     assert rows(engine, "SELECT count(*), count(left_at) FROM iscsi_audit.session_igroups") == [
         (8, 8)]
@@ -287,7 +289,7 @@ async def test_connection_and_igroup_changes_are_recorded(poller: Poller, engine
 async def test_two_collectors_at_once_record_each_event_once(store: HistoryStore,
                                                              engine: Engine) -> None:
     builder = SnapshotBuilder()
-    builder.add_page([session_record(n) for n in range(1, 200)])
+    builder.add_page([orjson.dumps(session_record(n)) for n in range(1, 200)])
     snapshot = builder.build()
     identity = ClusterIdentity(CLUSTER_UUID, "cluster1", "9.14.1")
     barrier = threading.Barrier(2)
@@ -333,7 +335,7 @@ async def test_the_hash_chain_recomputes_from_the_stored_rows(poller: Poller,
         assert bytes(prev_hash) == prev
         prev = event_hash(prev, cluster_uuid=CLUSTER_UUID, kind=kind, observed_at=observed,
                           occurred_after=after, key=key, details=details)
-        assert bytes(digest) == prev
+        assert bytes(digest) == prev, (kind, details)
 
 
 @pytest.fixture
@@ -352,7 +354,8 @@ async def test_a_large_first_snapshot_and_a_full_logout(poller: Poller, engine: 
         (0,)]
 
 
-async def test_a_listener_is_notified_of_committed_events(poller: Poller, database_url: str) -> None:
+async def test_a_listener_is_notified_of_committed_events(poller: Poller,
+                                                          database_url: str) -> None:
     import psycopg
 
     from collector.db.store import NOTIFY_CHANNEL
@@ -365,8 +368,6 @@ async def test_a_listener_is_notified_of_committed_events(poller: Poller, databa
         received = [n.payload for n in listener.notifies(timeout=2, stop_after=2)]
 
     [payload] = received
-    import orjson
-
     assert orjson.loads(payload) | {"first_event_id": 0, "last_event_id": 0} == {
         "cluster": "lab", "poll_id": report.poll_id, "kinds": {"connect": 2},
         "first_event_id": 0, "last_event_id": 0}

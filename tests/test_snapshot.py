@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import copy
 
+import orjson
 import pytest
 
 from collector.snapshot import InvalidRecord, SessionKey, SnapshotBuilder, parse_session
 from tests.ontap_pages import SEED_RECORD, SVM_UUID, session_record
+
+
+def raw(*records: object) -> list[bytes]:
+    return [orjson.dumps(r) for r in records]
 
 
 def test_seed_record_parses_with_its_lifetime_identity() -> None:
@@ -105,8 +110,8 @@ def test_builder_keeps_rejected_records_raw_with_page_and_reason() -> None:
     bad = session_record(2)
     bad["tsih"] = None
     builder = SnapshotBuilder()
-    builder.add_page([session_record(1)])
-    builder.add_page([bad, "not even an object"])
+    builder.add_page(raw(session_record(1)))
+    builder.add_page(raw(bad, "not even an object"))
 
     snapshot = builder.build()
 
@@ -121,8 +126,8 @@ def test_record_repeated_across_pages_is_one_session_with_the_later_view() -> No
     earlier = session_record(1, alias="before")
     later = session_record(1, alias="after")
     builder = SnapshotBuilder()
-    builder.add_page([earlier])
-    builder.add_page([later])
+    builder.add_page(raw(earlier))
+    builder.add_page(raw(later))
 
     snapshot = builder.build()
 
@@ -137,3 +142,31 @@ def test_connections_and_igroups_are_ordered_so_equal_sessions_compare_equal() -
     b["connections"][0], b["connections"][1] = b["connections"][1], b["connections"][0]
 
     assert parse_session(a) == parse_session(b)
+
+
+def test_an_unchanged_record_is_not_parsed_again_and_is_the_same_object() -> None:
+    first = SnapshotBuilder()
+    first.add_page(raw(session_record(1), session_record(2)))
+    earlier = first.build()
+
+    again = SnapshotBuilder(known=earlier.parsed)
+    again.add_page(raw(session_record(1), session_record(2, alias="renamed")))
+    later = again.build()
+
+    [one, two] = sorted(later.sessions)
+    assert later.sessions[one] is earlier.sessions[one]
+    assert later.sessions[two] is not earlier.sessions[two]
+    assert later.sessions[two].initiator_alias == "renamed"
+    assert len(later.parsed) == 2  # what this walk saw, not everything ever seen
+
+
+def test_a_rejected_record_is_rejected_again_in_the_next_walk() -> None:
+    bad = session_record(1)
+    bad["tsih"] = "x"
+    first = SnapshotBuilder()
+    first.add_page(raw(bad))
+
+    again = SnapshotBuilder(known=first.build().parsed)
+    again.add_page(raw(bad))
+
+    assert len(again.build().rejected) == 1

@@ -21,7 +21,7 @@ import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -84,15 +84,25 @@ class HistoryStore:
 
     @contextmanager
     def cluster_transaction(
-        self, label: str, identity: ClusterIdentity | None, started_at: datetime
+        self,
+        label: str,
+        identity: ClusterIdentity | None,
+        started_at: datetime,
+        memory: ClusterMemory | None = None,
     ) -> Iterator[ClusterTransaction]:
         """One transaction for one poll; the cluster's lock is held until it commits."""
-        with self.engine.begin() as conn:
-            cluster_id = None
-            if identity is not None:
-                lock_cluster(conn, identity.uuid)
-                cluster_id = _upsert_cluster(conn, label, identity, started_at)
-            yield ClusterTransaction(conn, cluster_id, identity)
+        try:
+            with self.engine.begin() as conn:
+                cluster_id, version = None, 0
+                if identity is not None:
+                    lock_cluster(conn, identity.uuid)
+                    cluster_id, version = _upsert_cluster(conn, label, identity, started_at)
+                yield ClusterTransaction(conn, cluster_id, identity, version, memory)
+        except BaseException:
+            # the cached ids may name rows this rolled-back transaction wrote
+            if memory is not None:
+                memory.cached = None
+            raise
 
     def record_failure(self, poll: PollRecord, identity: ClusterIdentity | None) -> PollResult:
         """A failed poll writes its poll row and nothing else."""
@@ -111,13 +121,20 @@ def _lock_key(cluster_uuid: str) -> int:
 
 def _upsert_cluster(
     conn: Connection, label: str, identity: ClusterIdentity, seen_at: datetime
-) -> int:
-    """Insert the cluster on first contact; update label, name or version only when changed."""
+) -> tuple[int, int]:
+    """Insert the cluster on first contact; update label, name or version only when changed.
+
+    Returns its id and state version (read under the cluster's lock).
+    """
     table = m.clusters_table
     row = conn.execute(
-        select(table.c.cluster_id, table.c.label, table.c.name, table.c.version).where(
-            table.c.uuid == identity.uuid
-        )
+        select(
+            table.c.cluster_id,
+            table.c.label,
+            table.c.name,
+            table.c.version,
+            table.c.state_version,
+        ).where(table.c.uuid == identity.uuid)
     ).one_or_none()
     if row is None:
         return int(
@@ -132,30 +149,63 @@ def _upsert_cluster(
                 )
                 .returning(table.c.cluster_id)
             ).scalar_one()
-        )
+        ), 0
     if (row.label, row.name, row.version) != (label, identity.name, identity.version):
         conn.execute(
             update(table)
             .where(table.c.cluster_id == row.cluster_id)
             .values(label=label, name=identity.name, version=identity.version)
         )
-    return int(row.cluster_id)
+    return int(row.cluster_id), int(row.state_version)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedState:
+    cluster_id: int
+    version: int
+    state: State
+    ids: _Ids
+
+
+@dataclass
+class ClusterMemory:
+    """What a long-running collector keeps between two polls of one cluster, so that an
+    unchanged poll costs little: the parsed records by digest (`Snapshot.parsed`), and the
+    open state with the cluster's state version it was read or written at. Another
+    collector's change bumps the version, and the state is read from the database again.
+    """
+
+    parsed: Mapping[bytes, Session] = field(default_factory=dict)
+    cached: CachedState | None = None
 
 
 class ClusterTransaction:
     def __init__(
-        self, conn: Connection, cluster_id: int | None, identity: ClusterIdentity | None
+        self,
+        conn: Connection,
+        cluster_id: int | None,
+        identity: ClusterIdentity | None,
+        version: int = 0,
+        memory: ClusterMemory | None = None,
     ) -> None:
         self.conn = conn
         self.cluster_id = cluster_id
         self.identity = identity
+        self.version = version
+        self.memory = memory
         self._ids = _Ids()
         self._last_ok_at: datetime | None = None
 
     def open_state(self) -> State:
         """The open sessions and known names of this cluster, as the history has them."""
         assert self.cluster_id is not None, "a cluster that never answered has no state"
-        state, self._ids = load_state(self.conn, self.cluster_id)
+        cached = self.memory.cached if self.memory is not None else None
+        if cached and (cached.cluster_id, cached.version) == (self.cluster_id, self.version):
+            # another collector's unchanged poll moves last_ok_at without a new version
+            state = replace(cached.state, last_ok_at=_last_ok_at(self.conn, self.cluster_id))
+            self._ids = cached.ids
+        else:
+            state, self._ids = load_state(self.conn, self.cluster_id)
         self._last_ok_at = state.last_ok_at
         return state
 
@@ -178,6 +228,7 @@ class ClusterTransaction:
             event_ids = _insert_events(
                 self.conn, self.cluster_id, self.identity.uuid, poll_id, changes.events, self._ids
             )
+            writer.forget_closed(changes.events)
             self.conn.execute(
                 update(m.clusters_table)
                 .where(m.Cluster.cluster_id == self.cluster_id)
@@ -186,6 +237,9 @@ class ClusterTransaction:
         kinds = tuple(e.kind.value for e in changes.events) if changes else ()
         if event_ids:
             notify_events(self.conn, poll.cluster_label, poll_id, event_ids, kinds)
+        if changes is not None and self.memory is not None and self.cluster_id is not None:
+            version = self.version + 1 if changes else self.version
+            self.memory.cached = CachedState(self.cluster_id, version, changes.state, self._ids)
         return PollResult(poll_id, poll.outcome, event_ids, kinds)
 
 
@@ -578,6 +632,16 @@ class _ChangeWriter:
             .values(left_at=self.at, left_by_poll_id=self.poll_id)
         )
 
+    def forget_closed(self, events: Sequence[Event]) -> None:
+        """Drop closed sessions from the ids, which a collector keeps between polls (after
+        the events, which name their session by id, are written)."""
+        for event in events:
+            if event.kind is not EventKind.DISCONNECT or event.key is None or event.session is None:
+                continue
+            self.ids.sessions.pop(event.key, None)
+            for c in event.session.connections:
+                self.ids.connections.pop((event.key, c.cid), None)
+
     def _session_changed(self, events: list[Event]) -> None:
         sessions = [e.session for e in events if e.session is not None]
         if not sessions:
@@ -604,7 +668,7 @@ class _ChangeWriter:
 
     def _close_connections(self, events: list[Event]) -> None:
         targets = [
-            self.ids.connections[(e.key, e.connection.cid)]
+            self.ids.connections.pop((e.key, e.connection.cid))
             for e in events
             if e.key and e.connection
         ]

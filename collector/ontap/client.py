@@ -132,7 +132,7 @@ class OntapClient:
         await self._http.aclose()
 
     async def cluster_identity(self) -> ClusterIdentity:
-        body = await self._get_json(CLUSTER_PATH, cluster_query(), page=None)
+        body = _decode(await self._get_ok(CLUSTER_PATH, cluster_query(), page=None), None)
         try:
             return parse_cluster(body)
         except EnvelopeError as exc:
@@ -146,7 +146,7 @@ class OntapClient:
         number = 0
         while href is not None:
             number += 1
-            body = await self._get_json(href, params, page=number)
+            body = await self._get_ok(href, params, page=number)
             try:
                 page = parse_page(body)
             except EnvelopeError as exc:
@@ -165,7 +165,8 @@ class OntapClient:
         if parts.scheme and _origin(href) != self._origin:
             raise OntapBadResponse(f"next link points to another server: {parts.netloc}", page=page)
 
-    async def _get_json(self, url: str, params: dict[str, str] | None, *, page: int | None) -> Any:
+    async def _get_ok(self, url: str, params: dict[str, str] | None, *, page: int | None) -> bytes:
+        """The body of a 2xx answer, retrying what may pass; raise for the rest."""
         attempt = 0
         while True:
             retry_after = None
@@ -176,7 +177,7 @@ class OntapClient:
                     raise
             else:
                 if status < 300:
-                    return _decode(body, page)
+                    return body
                 if status not in _RETRY_STATUSES or attempt >= self._retry.retries:
                     raise _http_error(status, reason, body, page)
             await self._retry.sleep(self._retry.delay(attempt, retry_after))

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 CLUSTER_PATH = "/api/cluster"
 CLUSTER_FIELDS = ("name", "uuid", "version")
 SESSIONS_PATH = "/api/protocols/san/iscsi/sessions"
@@ -55,40 +57,61 @@ class ClusterIdentity:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of a collection: its records (raw) and the opaque link to the next page."""
+    """One page of a collection: each record's raw JSON, and the opaque next link."""
 
-    records: list[Any]
+    records: list[msgspec.Raw]
     next_href: str | None
 
 
 class EnvelopeError(ValueError):
-    """A JSON body that is not the shape ONTAP answers with."""
+    """A body that is not the shape ONTAP answers with."""
 
 
-def parse_page(body: Any) -> Page:
-    if not isinstance(body, Mapping):
-        raise EnvelopeError("expected a JSON object with records")
-    records = body.get("records")
-    if records is None and body.get("num_records") == 0:
+class NotJSON(EnvelopeError):
+    """A body that is not JSON at all."""
+
+
+class _Href(msgspec.Struct):
+    href: str | None = None
+
+
+class _Links(msgspec.Struct):
+    next: _Href | None = None
+
+
+class _PageEnvelope(msgspec.Struct):
+    # records stay raw: the snapshot digests each one and parses only what it has not seen
+    records: list[msgspec.Raw] | None = None
+    num_records: int | None = None
+    links: _Links | None = msgspec.field(name="_links", default=None)
+
+
+_PAGE = msgspec.json.Decoder(_PageEnvelope)
+
+
+def parse_page(body: bytes) -> Page:
+    """Split a collection page into raw records and its next link, checking the envelope."""
+    try:
+        envelope = _PAGE.decode(body)
+    except msgspec.ValidationError as exc:
+        raise EnvelopeError(_envelope_problem(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise NotJSON(f"not JSON ({exc})") from None
+    records = envelope.records
+    if records is None:
+        if envelope.num_records != 0:
+            raise EnvelopeError("no records list in the response")
         records = []
-    if not isinstance(records, list):
-        raise EnvelopeError("no records list in the response")
-    return Page(records, _next_href(body))
-
-
-def _next_href(body: Mapping[str, Any]) -> str | None:
-    links = body.get("_links")
-    if links is None:
-        return None
-    if not isinstance(links, Mapping):
-        raise EnvelopeError("_links is not an object")
-    next_link = links.get("next")
-    if next_link is None:
-        return None
-    href = next_link.get("href") if isinstance(next_link, Mapping) else None
-    if not isinstance(href, str) or not href:
+    next_link = envelope.links.next if envelope.links else None
+    if next_link is not None and not next_link.href:
         raise EnvelopeError("_links.next has no href")
-    return href
+    return Page(records, next_link.href if next_link else None)
+
+
+def _envelope_problem(message: str) -> str:
+    if " - at `" not in message:  # msgspec names no path for the top level
+        return "expected a JSON object with records"
+    return f"not ONTAP's envelope: {message}"
 
 
 def parse_cluster(body: Any) -> ClusterIdentity:
