@@ -234,7 +234,8 @@ class PollScheduler:
             return POLL_ERROR
         finally:
             self._metrics.in_flight.dec()
-        self._metrics.observe(report)
+        if cluster.name in self._clusters:  # a cluster removed meanwhile keeps no series
+            self._metrics.observe(report)
         return report.outcome.value
 
     def _after(self, cluster: ClusterConfig, outcome: str) -> None:

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ from collector.db.store import ClusterTransaction, HistoryStore
 from collector.diff import PollOutcome
 from collector.health import OperationsServer
 from collector.metrics import CollectorMetrics
-from collector.ontap.resources import ClusterIdentity
 from collector.pipeline import poll_cluster
 from collector.simulator import SESSIONS, Fault, SimulatorApp, World
 from collector.simulator.server import SimulatorServer
@@ -323,10 +321,8 @@ class PausingStore(HistoryStore):
         self.go_on = threading.Event()
 
     @contextmanager
-    def cluster_transaction(
-        self, label: str, identity: ClusterIdentity | None, started_at: datetime
-    ) -> Iterator[ClusterTransaction]:
-        with super().cluster_transaction(label, identity, started_at) as tx:
+    def cluster_transaction(self, *args: Any, **kwargs: Any) -> Iterator[ClusterTransaction]:
+        with super().cluster_transaction(*args, **kwargs) as tx:
             self.inside.set()
             assert self.go_on.wait(10)
             yield tx
