@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 # how long to wait for a notification before reading anyway
 FALLBACK_SECONDS = 2.0
+# the table is for reading on a terminal; the whole of it is in --format json
+DETAILS_WIDTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +58,17 @@ def format_event(event: FeedEvent, fmt: str) -> str:
         event.svm or "-",
         event.initiator or "-",
         session,
-        orjson.dumps(event.details).decode(),
+        _shorten(orjson.dumps(event.details).decode(), DETAILS_WIDTH),
     )
     return "\t".join(columns)
 
 
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 class _Stop(Exception):
-    """SIGTERM: leave the loop as Ctrl-C does."""
+    """SIGINT or SIGTERM: leave the loop and exit 0."""
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
@@ -126,12 +132,14 @@ def tail_command(
     """Print audit events live as polls commit them, until Ctrl-C or SIGTERM."""
     engine = obj.engine(obj.config(required=False))
     wanted = EventFilter(frozenset(clusters), frozenset(kinds))
-    signal.signal(signal.SIGTERM, _raise_stop)
+    # SIGINT too: a shell starts background jobs with it ignored, and `kill -INT` should stop
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_stop)
     try:
         for event in follow(engine, since):
             if wanted(event):
                 click.echo(format_event(event, fmt))
-    except (KeyboardInterrupt, _Stop):
+    except _Stop:
         return
     except (OperationalError, psycopg.OperationalError) as exc:
         raise click.ClickException(f"database unreachable: {exc}") from None
