@@ -26,7 +26,21 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, text, update
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Connection,
+    Engine,
+    Table,
+    any_,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from collector.chain import GENESIS, event_hash
@@ -580,32 +594,37 @@ class _ChangeWriter:
         sessions = [e.session for e in events if e.session is not None]
         if not sessions:
             return
-        table = m.sessions_table
-        rows = (
-            self.conn.execute(
-                insert(table).returning(table.c.session_id, sort_by_parameter_order=True),
-                [
-                    {
-                        "cluster_id": self.cluster_id,
-                        "svm_id": self.ids.svms[s.key.svm_uuid],
-                        "target_portal_group": s.key.target_portal_group,
-                        "tsih": s.key.tsih,
-                        "isid": s.key.isid,
-                        "initiator_name": s.key.initiator_name,
-                        "target_portal_group_tag": s.target_portal_group_tag,
-                        "initiator_alias": s.initiator_alias,
-                        "initiator_comment": s.initiator_comment,
-                        "first_seen_at": self.at,
-                        "opened_by_poll_id": self.poll_id,
-                    }
-                    for s in sessions
-                ],
-            )
-            .scalars()
-            .all()
+        svm_uuid = {v: k for k, v in self.ids.svms.items()}
+        inserted = bulk_insert(
+            self.conn,
+            m.sessions_table,
+            [
+                {
+                    "cluster_id": self.cluster_id,
+                    "svm_id": self.ids.svms[s.key.svm_uuid],
+                    "target_portal_group": s.key.target_portal_group,
+                    "tsih": s.key.tsih,
+                    "isid": s.key.isid,
+                    "initiator_name": s.key.initiator_name,
+                    "target_portal_group_tag": s.target_portal_group_tag,
+                    "initiator_alias": s.initiator_alias,
+                    "initiator_comment": s.initiator_comment,
+                    "first_seen_at": self.at,
+                    "opened_by_poll_id": self.poll_id,
+                }
+                for s in sessions
+            ],
+            returning=(
+                "session_id",
+                "svm_id",
+                "target_portal_group",
+                "tsih",
+                "isid",
+                "initiator_name",
+            ),
         )
-        for session, session_id in zip(sessions, rows, strict=True):
-            self.ids.sessions[session.key] = session_id
+        for session_id, svm_id, tpg, tsih, isid, initiator in inserted:
+            self.ids.sessions[SessionKey(svm_uuid[svm_id], tpg, tsih, isid, initiator)] = session_id
         self._open_connections([(s.key, c) for s in sessions for c in s.connections])
         self._join_igroups([(s.key, g) for s in sessions for g in s.igroups])
 
@@ -618,17 +637,17 @@ class _ChangeWriter:
         s, c, g = m.sessions_table, m.connections_table, m.session_igroups_table
         self.conn.execute(
             update(s)
-            .where(s.c.session_id.in_(session_ids))
+            .where(s.c.session_id == _any(session_ids))
             .values(last_seen_at=func.greatest(s.c.first_seen_at, last_ok), **closing)
         )
         self.conn.execute(
             update(c)
-            .where(c.c.session_id.in_(session_ids), c.c.ended_at.is_(None))
+            .where(c.c.session_id == _any(session_ids), c.c.ended_at.is_(None))
             .values(last_seen_at=func.greatest(c.c.first_seen_at, last_ok), **closing)
         )
         self.conn.execute(
             update(g)
-            .where(g.c.session_id.in_(session_ids), g.c.left_at.is_(None))
+            .where(g.c.session_id == _any(session_ids), g.c.left_at.is_(None))
             .values(left_at=self.at, left_by_poll_id=self.poll_id)
         )
 
@@ -677,7 +696,7 @@ class _ChangeWriter:
         table = m.connections_table
         self.conn.execute(
             update(table)
-            .where(table.c.connection_id.in_(targets))
+            .where(table.c.connection_id == _any(targets))
             .values(
                 ended_at=self.at,
                 closed_by_poll_id=self.poll_id,
@@ -688,46 +707,42 @@ class _ChangeWriter:
     def _open_connections(self, pairs: list[tuple[SessionKey, SessionConnection]]) -> None:
         if not pairs:
             return
-        table = m.connections_table
-        rows = (
-            self.conn.execute(
-                insert(table).returning(table.c.connection_id, sort_by_parameter_order=True),
-                [
-                    {
-                        "session_id": self.ids.sessions[key],
-                        "cid": c.cid,
-                        "authentication_type": c.authentication_type,
-                        "initiator_address": c.initiator_address,
-                        "initiator_port": c.initiator_port,
-                        "interface_id": self.ids.interfaces[c.interface.uuid]
-                        if c.interface
-                        else None,
-                        "first_seen_at": self.at,
-                        "opened_by_poll_id": self.poll_id,
-                    }
-                    for key, c in pairs
-                ],
-            )
-            .scalars()
-            .all()
+        key_of = {self.ids.sessions[key]: key for key, _ in pairs}
+        inserted = bulk_insert(
+            self.conn,
+            m.connections_table,
+            [
+                {
+                    "session_id": self.ids.sessions[key],
+                    "cid": c.cid,
+                    "authentication_type": c.authentication_type,
+                    "initiator_address": c.initiator_address,
+                    "initiator_port": c.initiator_port,
+                    "interface_id": self.ids.interfaces[c.interface.uuid] if c.interface else None,
+                    "first_seen_at": self.at,
+                    "opened_by_poll_id": self.poll_id,
+                }
+                for key, c in pairs
+            ],
+            returning=("connection_id", "session_id", "cid"),
         )
-        for (key, c), connection_id in zip(pairs, rows, strict=True):
-            self.ids.connections[(key, c.cid)] = connection_id
+        for connection_id, session_id, cid in inserted:
+            self.ids.connections[(key_of[session_id], cid)] = connection_id
 
     def _join_igroups(self, pairs: list[tuple[SessionKey, IgroupRef]]) -> None:
-        if pairs:
-            self.conn.execute(
-                insert(m.session_igroups_table),
-                [
-                    {
-                        "session_id": self.ids.sessions[key],
-                        "igroup_id": self.ids.igroups[g.uuid],
-                        "joined_at": self.at,
-                        "joined_by_poll_id": self.poll_id,
-                    }
-                    for key, g in pairs
-                ],
-            )
+        bulk_insert(
+            self.conn,
+            m.session_igroups_table,
+            [
+                {
+                    "session_id": self.ids.sessions[key],
+                    "igroup_id": self.ids.igroups[g.uuid],
+                    "joined_at": self.at,
+                    "joined_by_poll_id": self.poll_id,
+                }
+                for key, g in pairs
+            ],
+        )
 
     def _leave_igroups(self, events: list[Event]) -> None:
         if not events:
@@ -767,7 +782,7 @@ def _insert_events(
         ).scalar()
         or GENESIS
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for event in events:
         digest = event_hash(
             prev,
@@ -792,8 +807,43 @@ def _insert_events(
             }
         )
         prev = digest
-    return tuple(
-        conn.execute(insert(table).returning(table.c.event_id, sort_by_parameter_order=True), rows)
-        .scalars()
-        .all()
+    event_id = {
+        bytes(digest): event_id
+        for event_id, digest in bulk_insert(conn, table, rows, returning=("event_id", "hash"))
+    }
+    return tuple(event_id[row["hash"]] for row in rows)
+
+
+def _any(ids: Sequence[int]) -> Any:
+    """`= ANY(array)`: one parameter, where IN (...) would bind one per id."""
+    return any_(bindparam(None, list(ids), type_=ARRAY(BigInteger)))
+
+
+def bulk_insert(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    returning: Sequence[str] = (),
+) -> list[tuple[Any, ...]]:
+    """Insert rows with one statement and one array per column (INSERT ... SELECT FROM
+    unnest), which PostgreSQL takes in far less time than a multi-row VALUES list of the
+    same rows. RETURNING gives no order: callers map rows back by their natural keys.
+    """
+    if not rows:
+        return []
+    columns = list(rows[0])
+    arrays = ", ".join(
+        f"CAST(:{c} AS {table.c[c].type.compile(dialect=conn.dialect)}[])" for c in columns
     )
+    sql = f"INSERT INTO {table.fullname} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
+    if returning:
+        sql += f" RETURNING {', '.join(returning)}"
+    params = {c: _column_values(table.c[c], [r[c] for r in rows]) for c in columns}
+    result = conn.execute(text(sql), params)
+    return [tuple(r) for r in result] if returning else []
+
+
+def _column_values(column: Any, values: list[Any]) -> list[Any]:
+    if isinstance(column.type, JSONB):  # sent as text, cast to jsonb by the server
+        return [orjson.dumps(v).decode() for v in values]
+    return values
