@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -25,7 +25,7 @@ from collector.config import ClusterConfig, CredentialError
 from collector.db.store import ClusterMemory, HistoryStore, PollRecord, PollResult
 from collector.diff import PollOutcome, diff
 from collector.ontap.client import OntapClient, OntapError, OntapHTTPError, RetryPolicy
-from collector.ontap.resources import ClusterIdentity
+from collector.ontap.resources import ClusterIdentity, Page
 from collector.snapshot import Session, Snapshot, SnapshotBuilder
 
 log = logging.getLogger(__name__)
@@ -172,8 +172,7 @@ async def _walk(
         async with OntapClient(cluster, password, transport=transport, retry=retry) as client:
             identity = await client.cluster_identity()
             builder = SnapshotBuilder(known)
-            async for page in client.session_pages():
-                builder.add_page(page.records)
+            await _digest_pages(client.session_pages(), builder)
     except OntapHTTPError as exc:
         return FetchFailed(identity, str(exc), exc.status)
     except OntapError as exc:
@@ -181,6 +180,28 @@ async def _walk(
     except OSError as exc:  # unreadable CA bundle or client certificate
         return FetchFailed(identity, f"TLS setup: {exc}")
     return Fetched(identity, builder.build())
+
+
+async def _digest_pages(pages: AsyncGenerator[Page, None], builder: SnapshotBuilder) -> None:
+    """Add each page to the snapshot while the next one is on its way.
+
+    The digesting runs in a worker thread so that the event loop sends the next request
+    meanwhile: the cluster prepares page n+1 while this process digests page n.
+    """
+    upcoming = asyncio.ensure_future(_next_page(pages))
+    try:
+        while (page := await upcoming) is not None:
+            upcoming = asyncio.ensure_future(_next_page(pages))
+            await asyncio.to_thread(builder.add_page, page.records)
+    finally:
+        if not upcoming.done():  # the walk failed or was cancelled: stop fetching
+            upcoming.cancel()
+            await asyncio.wait({upcoming})
+        await pages.aclose()
+
+
+async def _next_page(pages: AsyncGenerator[Page, None]) -> Page | None:
+    return await anext(pages, None)
 
 
 def store_snapshot(

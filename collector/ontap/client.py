@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -138,7 +138,7 @@ class OntapClient:
         except EnvelopeError as exc:
             raise OntapBadResponse(f"{CLUSTER_PATH}: {exc}") from None
 
-    async def session_pages(self) -> AsyncIterator[Page]:
+    async def session_pages(self) -> AsyncGenerator[Page, None]:
         """Follow `_links.next` as an opaque href until it is absent; refuse a loop."""
         href: str | None = SESSIONS_PATH
         params: dict[str, str] | None = sessions_query(self._cluster.max_records)
