@@ -208,6 +208,8 @@ async def _read_limited(response: httpx.Response, limit: int, page: int | None) 
         raise OntapBadResponse(
             f"response of {declared} bytes is over the {limit} byte limit", page=page
         )
+    if declared is not None and declared.isdigit():
+        return await response.aread()  # the length is known and allowed: one read
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes(_CHUNK):
