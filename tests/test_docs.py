@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import click
 from sqlalchemy import Engine, text
 
+from collector.cli import cli
 from collector.db.schema_doc import BEGIN, END, render, replace_generated
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,3 +45,32 @@ def test_generated_markers_are_present() -> None:
     document = SCHEMA_DOC.read_text(encoding="utf-8")
 
     assert document.count(BEGIN) == 1 and document.count(END) == 1
+
+
+def _commands(group: click.Group, prefix: str = "iscsi-audit") -> list[tuple[str, click.Command]]:
+    found: list[tuple[str, click.Command]] = []
+    for name, command in sorted(group.commands.items()):
+        path = f"{prefix} {name}"
+        if isinstance(command, click.Group):
+            found.extend(_commands(command, path))
+        else:
+            found.append((path, command))
+    return found
+
+
+def test_every_command_and_option_is_in_the_readme_with_help() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = _commands(cli)
+
+    assert len(commands) >= 8
+    for path, command in commands:
+        assert command.help, f"{path} has no help text"
+        assert path in readme, f"{path} is not in the README"
+        for param in command.params:
+            for option in param.opts:
+                if option.startswith("--"):
+                    assert option in readme, f"{path} {option} is not in the README"
+    for param in cli.params:
+        for option in param.opts:
+            if option.startswith("--"):
+                assert option in readme, f"global option {option} is not in the README"
