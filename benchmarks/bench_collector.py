@@ -12,7 +12,8 @@ Scenarios (docs/benchmarks.md has the results and what was changed because of th
   A  one cluster of N sessions with 2 connections each, polled with 0%, 1% and 10% churn
      between polls (p% churn: p% of the sessions log out and as many log in)
   B  200 clusters of 500 sessions polled every 60 s for 30 simulated minutes
-  C  the same snapshots stored by a naive append-everything collector, for comparison
+  C  the same snapshots stored by what users would pick instead: a naive collector that
+     appends every snapshot (storage over unchanged polls), and dlt's scd2 merge (time)
 """
 
 from __future__ import annotations
@@ -288,22 +289,54 @@ async def scenario_c(url: str, sessions: int, polls: int) -> list[Result]:
         ours_t, naive_t = [], []
         memory = ClusterMemory()
         for _ in range(polls):
-            t = time.perf_counter()
-            await poll_cluster(cluster, store, memory=memory)
-            ours_t.append(PollFigures(time.perf_counter() - t, 0, 0, 0, 0))
-            t = time.perf_counter()
-            await naive.poll()
-            naive_t.append(PollFigures(time.perf_counter() - t, 0, 0, 0, 0))
+            ours_t.append(await timed(poll_cluster(cluster, store, memory=memory)))
+            naive_t.append(await timed(naive.poll()))
         ours_growth = schema_bytes(engine) - ours_before
         naive_growth = schema_bytes(engine, "naive") - naive_before
         engine.dispose()
+    ratio = f"{naive_growth / ours_growth:.0f}" if ours_growth else "no growth of ours"
     return [
-        summarise("C", f"ours, {polls} unchanged polls", ours_t,
+        summarise("C", f"ours, {polls} unchanged polls of {sessions}", ours_t,
                   growth_bytes=ours_growth),
-        summarise("C", f"naive append, {polls} unchanged polls", naive_t,
-                  growth_bytes=naive_growth,
-                  growth_ratio=round(naive_growth / max(ours_growth, 1), 1)),
+        summarise("C", f"naive append, {polls} unchanged polls of {sessions}", naive_t,
+                  growth_bytes=naive_growth, growth_ratio=ratio),
     ]
+
+
+async def timed(poll: Any) -> PollFigures:
+    wall, cpu = time.perf_counter(), time.process_time()
+    await poll
+    return PollFigures(time.perf_counter() - wall, time.process_time() - cpu, 0, 0, 0)
+
+
+async def scenario_c_dlt(url: str, sessions: int, polls: int) -> list[Result]:
+    """Time per poll and storage growth: ours against dlt's scd2 merge, 1% churn per poll."""
+    from dlt_loader import DltLoader  # type: ignore[import-not-found]
+
+    with simulator(1, sessions) as (urls, pipe), tempfile.TemporaryDirectory() as work:
+        engine = make_engine(url)
+        migrate(engine)
+        store = HistoryStore(engine)
+        cluster = cluster_config("bench-dlt", urls[0])
+        loader = DltLoader(url, cluster, Path(work))
+        memory = ClusterMemory()
+        await poll_cluster(cluster, store, memory=memory)
+        loader.load(await loader.fetch())
+        ours_before, dlt_before = schema_bytes(engine), schema_bytes(engine, "dlt_iscsi")
+        ours_t, dlt_t = [], []
+        for _ in range(polls):
+            churn(pipe, max(1, sessions // 100))
+            ours_t.append(await timed(poll_cluster(cluster, store, memory=memory)))
+            dlt_t.append(await timed(loader.poll()))
+        ours_growth = schema_bytes(engine) - ours_before
+        dlt_growth = schema_bytes(engine, "dlt_iscsi") - dlt_before
+        engine.dispose()
+    ours = summarise("C", f"ours, {sessions} sessions, 1% churn", ours_t,
+                     growth_bytes=ours_growth)
+    theirs = summarise("C", f"dlt scd2, {sessions} sessions, 1% churn", dlt_t,
+                       growth_bytes=dlt_growth)
+    theirs.notes["time_ratio"] = round(theirs.wall_median / ours.wall_median, 1)
+    return [ours, theirs]
 
 
 # --- output --------------------------------------------------------------------------------
@@ -334,6 +367,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--minutes", type=int, default=30, help="simulated minutes in B")
     parser.add_argument("--growth-polls", type=int, default=1000, help="unchanged polls in C")
     parser.add_argument("--growth-sessions", type=int, default=1000)
+    parser.add_argument("--dlt-sessions", type=int, default=10_000,
+                        help="the dlt comparison's cluster (needs pip install 'dlt[postgres]')")
+    parser.add_argument("--dlt-polls", type=int, default=5)
     parser.add_argument("--database-url", help="a server (default: an embedded PostgreSQL)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -348,6 +384,7 @@ def main(argv: list[str]) -> int:
                                                  args.minutes)))
     if args.scenario in ("C", "all"):
         runs.append(("C", lambda url: scenario_c(url, args.growth_sessions, args.growth_polls)))
+        runs.append(("C", lambda url: scenario_c_dlt(url, args.dlt_sessions, args.dlt_polls)))
     results: list[Result] = []
     for name, run in runs:
         # each scenario in a fresh database, so one's history does not slow another

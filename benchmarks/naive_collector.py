@@ -35,7 +35,7 @@ class NaiveCollector:
         records = []
         async with OntapClient(self.cluster, password) as client:
             async for page in client.session_pages():
-                records.extend(page.records)
+                records.extend(orjson.loads(bytes(r)) for r in page.records)
         now = datetime.now(UTC)
         raw = self.engine.raw_connection()
         try:
