@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -188,15 +189,17 @@ def parse_session(raw: Any) -> Session:
     svm = _mapping(record.get("svm"), "svm")
     initiator = _mapping(record.get("initiator"), "initiator")
     key = SessionKey(
-        svm_uuid=_required_str(svm, "uuid", "svm.uuid"),
-        target_portal_group=_required_str(record, "target_portal_group", "target_portal_group"),
+        svm_uuid=sys.intern(_required_str(svm, "uuid", "svm.uuid")),
+        target_portal_group=sys.intern(
+            _required_str(record, "target_portal_group", "target_portal_group")
+        ),
         tsih=_required_int(record, "tsih", "tsih"),
         isid=_required_str(record, "isid", "isid"),
         initiator_name=_required_str(initiator, "name", "initiator.name"),
     )
     return Session(
         key=key,
-        svm_name=_optional_str(svm, "name", "svm.name"),
+        svm_name=_shared(_optional_str(svm, "name", "svm.name")),
         target_portal_group_tag=_optional_int(
             record, "target_portal_group_tag", "target_portal_group_tag"
         ),
@@ -212,7 +215,7 @@ def _igroups(raw: Any) -> tuple[IgroupRef, ...]:
     for i, item in enumerate(_optional_list(raw, "igroups")):
         where = f"igroups[{i}]"
         group = _mapping(item, where)
-        ref = IgroupRef(
+        ref = _shared_igroup(
             _required_str(group, "uuid", f"{where}.uuid"),
             _optional_str(group, "name", f"{where}.name"),
         )
@@ -249,12 +252,32 @@ def _interface(raw: Any, where: str) -> Interface | None:
     if not item:
         return None
     ip = _optional_mapping(item.get("ip"), f"{where}.ip")
-    return Interface(
-        uuid=_required_str(item, "uuid", f"{where}.uuid"),
-        name=_optional_str(item, "name", f"{where}.name"),
-        address=_optional_ip(ip, f"{where}.ip.address"),
-        port=_optional_port(ip, f"{where}.ip.port"),
+    return _shared_interface(
+        _required_str(item, "uuid", f"{where}.uuid"),
+        _optional_str(item, "name", f"{where}.name"),
+        _optional_ip(ip, f"{where}.ip.address"),
+        _optional_port(ip, f"{where}.ip.port"),
     )
+
+
+# A fleet's sessions name a few SVMs, LIFs and igroups many thousand times: one shared
+# object each keeps a collector's memory to its sessions, not to their repetitions.
+
+
+def _shared(text: str | None) -> str | None:
+    return sys.intern(text) if text is not None else None
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _shared_interface(
+    uuid: str, name: str | None, address: str | None, port: int | None
+) -> Interface:
+    return Interface(uuid, name, address, port)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _shared_igroup(uuid: str, name: str | None) -> IgroupRef:
+    return IgroupRef(uuid, name)
 
 
 # --- field readers: each names the dotted field it complains about ---------------------
