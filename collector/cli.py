@@ -42,6 +42,7 @@ from collector.db.queries import read_only_query, render_rows
 from collector.db.store import HistoryStore
 from collector.diff import PollOutcome
 from collector.logs import setup_logging
+from collector.output import format_option
 from collector.pipeline import PollReport, event_summary, poll_cluster
 from collector.service import run_command
 from collector.simulator.command import simulator_command
@@ -189,14 +190,7 @@ def migrate_command(obj: Context) -> None:
     show_default=True,
     help="Clusters polled at the same time.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="One line per poll for people, or JSON lines.",
-)
+@format_option("table", "json", help="One line per poll for people, or JSON lines.")
 @click.pass_obj
 def collect_command(
     obj: Context, once: bool, clusters: Sequence[str], concurrency: int, fmt: str
@@ -259,8 +253,7 @@ def _format_report(report: PollReport, fmt: str) -> str:
 
 @cli.command("query")
 @click.argument("sql")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-              show_default=True, help="Aligned columns, JSON lines, or CSV with a header.")
+@format_option("table", "json", "csv", help="Aligned columns, JSON lines, or CSV with a header.")
 @click.pass_obj
 def query_command(obj: Context, sql: str, fmt: str) -> None:
     """Run one read-only SQL statement against the history and print its rows.

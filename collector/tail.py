@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 from collector.db.feed import EventFeed, FeedEvent, last_event_id, libpq_url
 from collector.db.store import NOTIFY_CHANNEL
 from collector.diff import EventKind
+from collector.output import format_option
 
 if TYPE_CHECKING:
     from collector.cli import Context
@@ -111,14 +112,7 @@ def follow(engine: Engine, since: int | None) -> Iterator[FeedEvent]:
     type=click.Choice([k.value for k in EventKind]),
     help="Only events of this kind (repeatable).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Tab-separated columns for people, or JSON lines for piping.",
-)
+@format_option("table", "json", help="Tab-separated columns for people, or JSON lines for piping.")
 @click.option(
     "--since",
     type=click.IntRange(min=1),

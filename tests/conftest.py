@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,16 +68,26 @@ def template_database(pg_admin_url: str) -> Iterator[str]:
     admin.dispose()
 
 
+@contextmanager
+def _scratch_database(admin_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A database of its own for one test, dropped afterwards (with any open connection)."""
+    name = f"{prefix}_{os.getpid()}_{next(_names)}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    admin = _admin(admin_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
+    try:
+        yield _url_for(admin_url, name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture
 def database_url(pg_admin_url: str, template_database: str) -> Iterator[str]:
-    name = f"iscsi_audit_test_{os.getpid()}_{next(_names)}"
-    admin = _admin(pg_admin_url)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
-    yield _url_for(pg_admin_url, name)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with _scratch_database(pg_admin_url, "iscsi_audit_test", template_database) as url:
+        yield url
 
 
 @pytest.fixture
@@ -94,14 +105,8 @@ def store(engine: Engine) -> HistoryStore:
 @pytest.fixture
 def empty_database_url(pg_admin_url: str) -> Iterator[str]:
     """A database with nothing in it, for tests of `migrate` and first use."""
-    name = f"iscsi_audit_empty_{os.getpid()}_{next(_names)}"
-    admin = _admin(pg_admin_url)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield _url_for(pg_admin_url, name)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with _scratch_database(pg_admin_url, "iscsi_audit_empty") as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import click
 import orjson
 from sqlalchemy import Engine
 
+from collector.output import format_option
 from collector.sinks.config import SinkConfig
 from collector.sinks.positions import all_positions, lag
 
@@ -73,14 +74,7 @@ def sinks_command() -> None:
 
 
 @sinks_command.command("status")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="One line per sink for people, or JSON lines.",
-)
+@format_option("table", "json", help="One line per sink for people, or JSON lines.")
 @click.pass_obj
 def status_command(obj: Context, fmt: str) -> None:
     """Each sink's position, lag in events and last error.
