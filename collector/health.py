@@ -11,7 +11,6 @@ never waits for a poll and a busy collector still answers its probes.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from collector.db.database import current_revision, head_revision
+from collector.listen import listening_socket
 
 # a probe that hangs is as bad as a failed one; kubelet and systemd time out too
 CHECK_TIMEOUT = 5.0
@@ -83,7 +83,7 @@ class OperationsServer:
     def __init__(
         self, registry: CollectorRegistry, engine: Engine, *, host: str, port: int
     ) -> None:
-        self._socket = _listen(host, port)
+        self._socket = listening_socket(host, port)
         self.host = host
         self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
@@ -119,13 +119,3 @@ class OperationsServer:
         self._server.should_exit = True
         self._thread.join(timeout=5)
         self._socket.close()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock

@@ -7,13 +7,13 @@ foreground (the command) or in a background thread (tests and benchmarks).
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from types import TracebackType
 
 import uvicorn
 
+from collector.listen import listening_socket
 from collector.simulator.app import SimulatorApp
 from collector.simulator.tls import TlsFiles
 
@@ -31,7 +31,7 @@ class SimulatorServer:
         self.host = host
         self.tls = tls
         self._sockets = [
-            _listen(host, port + i if port else 0) for i in range(len(app.world.clusters))
+            listening_socket(host, port + i if port else 0) for i in range(len(app.world.clusters))
         ]
         self.ports = [sock.getsockname()[1] for sock in self._sockets]
         app.bind_ports(self.ports)
@@ -90,13 +90,3 @@ class SimulatorServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
