@@ -176,7 +176,7 @@ def load_config(path: Path, *, required: bool = True) -> Config:
 
 
 def parse_config(document: Mapping[str, Any], path: Path | None) -> Config:
-    where = _Where(_file_label(path))
+    where = _Where(_file_label(path), path.parent if path is not None else None)
     where.no_unknown_keys(document, "", {"database", "clusters", "collector", "sinks"})
     database = where.table(document, "database")
     where.no_unknown_keys(database, "database", {"url"})
@@ -333,6 +333,8 @@ def _password_source(item: Mapping[str, Any], where: _Where, at: str) -> Passwor
             shlex.split(value)
         except ValueError as exc:
             raise where.error(f"{at}.{key}", f"cannot split into words: {exc}") from None
+    if key == "password_file":
+        value = str(where.resolve(value))
     return PasswordSource(key.removeprefix("password_"), value)
 
 
@@ -341,9 +343,16 @@ class _Where:
     """Typed readers that name the file and the dotted key in every complaint."""
 
     file: str
+    # relative paths in the file are relative to the file, as a reader of it expects,
+    # not to wherever the collector happens to be started (systemd starts it in /)
+    base: Path | None = None
 
     def error(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.file}: {key}: {problem}")
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return self.base / path if self.base is not None and not path.is_absolute() else path
 
     def no_unknown_keys(self, table: Mapping[str, Any], at: str, allowed: set[str]) -> None:
         for key in table:
@@ -380,9 +389,9 @@ class _Where:
         value = self.optional_str(item, f"{at}.{key}", key)
         if value is None:
             return None
-        path = Path(value).expanduser()
+        path = self.resolve(value)
         if not path.is_file():
-            raise self.error(f"{at}.{key}", f"{value}: no such file")
+            raise self.error(f"{at}.{key}", f"{path}: no such file")
         return path
 
     def optional_bool(self, item: Mapping[str, Any], at: str, key: str, default: bool) -> bool:

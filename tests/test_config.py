@@ -599,3 +599,22 @@ def test_password_command_that_does_not_exist_fails_to_run(tmp_path: Path) -> No
     assert read_error(PasswordSource("command", str(tmp_path / "no-such-helper"))) == (
         "password_command failed to run: FileNotFoundError"
     )
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch) -> None:
+    from collector.config import load_config
+
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "ca.pem").write_text("not parsed here")
+    (folder / "pw").write_text("secret\n")
+    config_file = folder / "iscsi-audit.toml"
+    config_file.write_text(
+        '[[clusters]]\nname = "a"\nurl = "https://a.example.com"\nusername = "u"\n'
+        'password_file = "pw"\nca_file = "ca.pem"\n')
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+
+    [cluster] = load_config(config_file).clusters
+
+    assert cluster.ca_file == folder / "ca.pem"
+    assert cluster.password is not None and cluster.password.read() == "secret"

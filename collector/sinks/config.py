@@ -223,7 +223,7 @@ def _headers(item: _Item) -> tuple[tuple[str, str], ...]:
 
 
 def _file_path(item: _Item) -> Path:
-    path = Path(item.required("path")).expanduser()
+    path = item.where.resolve(item.required("path"))
     if not path.parent.is_dir():
         raise item.error("path", f"{path.parent}: no such directory")
     if path.is_dir():
