@@ -192,7 +192,10 @@ async def _digest_pages(pages: AsyncGenerator[Page, None], builder: SnapshotBuil
     try:
         while (page := await upcoming) is not None:
             upcoming = asyncio.ensure_future(_next_page(pages))
-            await asyncio.to_thread(builder.add_page, page.records)
+            if page.next_href is None:  # the last (often only) page: nothing to overlap
+                builder.add_page(page.records)
+            else:
+                await asyncio.to_thread(builder.add_page, page.records)
     finally:
         if not upcoming.done():  # the walk failed or was cancelled: stop fetching
             upcoming.cancel()

@@ -86,7 +86,6 @@ class _Ids:
     """Surrogate keys of the open rows, so writes can address them."""
 
     sessions: dict[SessionKey, int] = field(default_factory=dict)
-    connections: dict[tuple[SessionKey, int], int] = field(default_factory=dict)
     svms: dict[str, int] = field(default_factory=dict)
     igroups: dict[str, int] = field(default_factory=dict)
     interfaces: dict[str, int] = field(default_factory=dict)
@@ -293,7 +292,7 @@ def load_state(conn: Connection, cluster_id: int) -> tuple[State, _Ids]:
     igroups = _current_names(conn, m.Igroup, m.IgroupName, "igroup_id", cluster_id, ids.igroups)
     interfaces = _current_interfaces(conn, cluster_id, ids.interfaces)
     svm_uuid = {v: k for k, v in ids.svms.items()}
-    connections, connection_ids = _open_connections(conn, cluster_id, interfaces, ids)
+    connections = _open_connections(conn, cluster_id, interfaces, ids)
     memberships = _open_memberships(conn, cluster_id, igroups, ids)
 
     sessions: dict[SessionKey, OpenSession] = {}
@@ -319,8 +318,6 @@ def load_state(conn: Connection, cluster_id: int) -> tuple[State, _Ids]:
         )
         sessions[key] = OpenSession(session, row.first_seen_at)
         ids.sessions[key] = row.session_id
-        for c in session.connections:
-            ids.connections[(key, c.cid)] = connection_ids[(row.session_id, c.cid)]
     return State(sessions, svms, igroups, interfaces, _last_ok_at(conn, cluster_id)), ids
 
 
@@ -334,15 +331,13 @@ def _last_ok_at(conn: Connection, cluster_id: int) -> datetime | None:
 
 def _open_connections(
     conn: Connection, cluster_id: int, interfaces: Mapping[str, Interface], ids: _Ids
-) -> tuple[dict[int, list[SessionConnection]], dict[tuple[int, int], int]]:
-    """Open connections by session_id, and their ids by (session_id, cid)."""
+) -> dict[int, list[SessionConnection]]:
+    """Open connections by session_id."""
     interface_uuid = {v: k for k, v in ids.interfaces.items()}
     by_session: dict[int, list[SessionConnection]] = {}
-    connection_ids: dict[tuple[int, int], int] = {}
     c = m.Connection
     rows = conn.execute(
         select(
-            c.connection_id,
             c.session_id,
             c.cid,
             c.authentication_type,
@@ -361,8 +356,7 @@ def _open_connections(
         by_session.setdefault(row.session_id, []).append(
             SessionConnection(row.cid, row.authentication_type, address, row.initiator_port, lif)
         )
-        connection_ids[(row.session_id, row.cid)] = row.connection_id
-    return by_session, connection_ids
+    return by_session
 
 
 def _open_memberships(
@@ -655,11 +649,8 @@ class _ChangeWriter:
         """Drop closed sessions from the ids, which a collector keeps between polls (after
         the events, which name their session by id, are written)."""
         for event in events:
-            if event.kind is not EventKind.DISCONNECT or event.key is None or event.session is None:
-                continue
-            self.ids.sessions.pop(event.key, None)
-            for c in event.session.connections:
-                self.ids.connections.pop((event.key, c.cid), None)
+            if event.kind is EventKind.DISCONNECT and event.key is not None:
+                self.ids.sessions.pop(event.key, None)
 
     def _session_changed(self, events: list[Event]) -> None:
         sessions = [e.session for e in events if e.session is not None]
@@ -686,29 +677,34 @@ class _ChangeWriter:
         )
 
     def _close_connections(self, events: list[Event]) -> None:
+        """End the open rows of these connections, found by (session, cid): keeping every
+        connection's id between polls would cost a collector more memory than it saves."""
         targets = [
-            self.ids.connections.pop((e.key, e.connection.cid))
-            for e in events
-            if e.key and e.connection
+            (self.ids.sessions[e.key], e.connection.cid) for e in events if e.key and e.connection
         ]
         if not targets:
             return
-        table = m.connections_table
         self.conn.execute(
-            update(table)
-            .where(table.c.connection_id == _any(targets))
-            .values(
-                ended_at=self.at,
-                closed_by_poll_id=self.poll_id,
-                last_seen_at=func.greatest(table.c.first_seen_at, self.last_ok_at),
-            )
+            text(
+                "UPDATE iscsi_audit.connections c"
+                " SET ended_at = :at, closed_by_poll_id = :poll,"
+                "     last_seen_at = greatest(c.first_seen_at, CAST(:last_ok AS timestamptz))"
+                " FROM unnest(CAST(:sessions AS bigint[]), CAST(:cids AS integer[])) AS t(sid, cid)"
+                " WHERE c.session_id = t.sid AND c.cid = t.cid AND c.ended_at IS NULL"
+            ),
+            {
+                "at": self.at,
+                "poll": self.poll_id,
+                "last_ok": self.last_ok_at,
+                "sessions": [sid for sid, _ in targets],
+                "cids": [cid for _, cid in targets],
+            },
         )
 
     def _open_connections(self, pairs: list[tuple[SessionKey, SessionConnection]]) -> None:
         if not pairs:
             return
-        key_of = {self.ids.sessions[key]: key for key, _ in pairs}
-        inserted = bulk_insert(
+        bulk_insert(
             self.conn,
             m.connections_table,
             [
@@ -724,10 +720,7 @@ class _ChangeWriter:
                 }
                 for key, c in pairs
             ],
-            returning=("connection_id", "session_id", "cid"),
         )
-        for connection_id, session_id, cid in inserted:
-            self.ids.connections[(key_of[session_id], cid)] = connection_id
 
     def _join_igroups(self, pairs: list[tuple[SessionKey, IgroupRef]]) -> None:
         bulk_insert(
