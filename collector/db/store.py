@@ -106,11 +106,11 @@ class HistoryStore:
         """One transaction for one poll; the cluster's lock is held until it commits."""
         try:
             with self.engine.begin() as conn:
-                cluster_id, version = None, 0
+                row = None
                 if identity is not None:
                     lock_cluster(conn, identity.uuid)
-                    cluster_id, version = _upsert_cluster(conn, label, identity, started_at)
-                yield ClusterTransaction(conn, cluster_id, identity, version, memory)
+                    row = _upsert_cluster(conn, label, identity, started_at)
+                yield ClusterTransaction(conn, row, identity, memory)
         except BaseException:
             # the cached ids may name rows this rolled-back transaction wrote
             if memory is not None:
@@ -132,14 +132,27 @@ def _lock_key(cluster_uuid: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _ClusterRow:
+    cluster_id: int
+    state_version: int
+    last_ok_at: datetime | None
+
+
 def _upsert_cluster(
     conn: Connection, label: str, identity: ClusterIdentity, seen_at: datetime
-) -> tuple[int, int]:
+) -> _ClusterRow:
     """Insert the cluster on first contact; update label, name or version only when changed.
 
-    Returns its id and state version (read under the cluster's lock).
+    Returns its id, state version and last ok poll, read under the cluster's lock in one
+    statement (a fleet's unchanged polls are mostly such round trips).
     """
     table = m.clusters_table
+    last_ok = (
+        select(func.max(m.Poll.started_at))
+        .where(m.Poll.cluster_id == table.c.cluster_id, m.Poll.outcome == PollOutcome.OK.value)
+        .scalar_subquery()
+    )
     row = conn.execute(
         select(
             table.c.cluster_id,
@@ -147,29 +160,34 @@ def _upsert_cluster(
             table.c.name,
             table.c.version,
             table.c.state_version,
+            last_ok.label("last_ok_at"),
         ).where(table.c.uuid == identity.uuid)
     ).one_or_none()
     if row is None:
-        return int(
-            conn.execute(
-                insert(table)
-                .values(
-                    uuid=identity.uuid,
-                    name=identity.name,
-                    label=label,
-                    version=identity.version,
-                    first_seen_at=seen_at,
-                )
-                .returning(table.c.cluster_id)
-            ).scalar_one()
-        ), 0
+        return _ClusterRow(
+            int(
+                conn.execute(
+                    insert(table)
+                    .values(
+                        uuid=identity.uuid,
+                        name=identity.name,
+                        label=label,
+                        version=identity.version,
+                        first_seen_at=seen_at,
+                    )
+                    .returning(table.c.cluster_id)
+                ).scalar_one()
+            ),
+            0,
+            None,
+        )
     if (row.label, row.name, row.version) != (label, identity.name, identity.version):
         conn.execute(
             update(table)
             .where(table.c.cluster_id == row.cluster_id)
             .values(label=label, name=identity.name, version=identity.version)
         )
-    return int(row.cluster_id), int(row.state_version)
+    return _ClusterRow(int(row.cluster_id), int(row.state_version), row.last_ok_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,15 +214,15 @@ class ClusterTransaction:
     def __init__(
         self,
         conn: Connection,
-        cluster_id: int | None,
+        cluster: _ClusterRow | None,
         identity: ClusterIdentity | None,
-        version: int = 0,
         memory: ClusterMemory | None = None,
     ) -> None:
         self.conn = conn
-        self.cluster_id = cluster_id
+        self.cluster_id = cluster.cluster_id if cluster is not None else None
+        self.version = cluster.state_version if cluster is not None else 0
+        self._cluster_last_ok = cluster.last_ok_at if cluster is not None else None
         self.identity = identity
-        self.version = version
         self.memory = memory
         self._ids = _Ids()
         self._last_ok_at: datetime | None = None
@@ -215,7 +233,7 @@ class ClusterTransaction:
         cached = self.memory.cached if self.memory is not None else None
         if cached and (cached.cluster_id, cached.version) == (self.cluster_id, self.version):
             # another collector's unchanged poll moves last_ok_at without a new version
-            state = replace(cached.state, last_ok_at=_last_ok_at(self.conn, self.cluster_id))
+            state = replace(cached.state, last_ok_at=self._cluster_last_ok)
             self._ids = cached.ids
         else:
             state, self._ids = load_state(self.conn, self.cluster_id)
