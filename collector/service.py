@@ -121,7 +121,7 @@ class Collector:
         self._store = HistoryStore(engine)
         self._sinks: _Sinks | None = None
         # per cluster, what the last poll parsed and read: the next one skips all that
-        # did not change (an unchanged 100,000-session poll: 8.6 s without, 0.79 s with)
+        # did not change (an unchanged 100,000-session poll: 8.8 s without, 0.76 s with)
         self._memory: dict[str, ClusterMemory] = {}
 
     async def run(self) -> None:
