@@ -441,3 +441,11 @@ def test_a_password_command_that_fails_is_a_failed_poll_that_never_shows_its_out
     assert PASSWORD not in result.output
     (failed,) = poll_log(engine)
     assert failed["error"] == "password_command exited with status 5"
+
+
+def test_an_empty_libpq_password_is_no_password() -> None:
+    from collector.db.database import sqlalchemy_url
+
+    assert sqlalchemy_url("postgresql://postgres:@/postgres?host=/run/pg") == (
+        "postgresql+psycopg://postgres@/postgres?host=%2Frun%2Fpg")
+    assert sqlalchemy_url("postgresql://u:pw@h/db") == "postgresql+psycopg://u:pw@h/db"

@@ -61,7 +61,7 @@ def sqlalchemy_url(url: str) -> str:
     if parsed.get_backend_name() != "postgresql":
         raise DatabaseError(f"{parsed.drivername!r} is not PostgreSQL")
     if parsed.password == "":  # libpq's "user:@host" means no password
-        parsed = parsed.set(password=None)
+        parsed = parsed._replace(password=None)  # URL.set() takes None as "unchanged"
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
