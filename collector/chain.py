@@ -34,7 +34,7 @@ def event_hash(
         "kind": kind,
         "observed_at": _utc(observed_at),
         "occurred_after": _utc(occurred_after) if occurred_after else None,
-        "session": _key(key),
+        "session": key._asdict() if key is not None else None,
         "details": details,
     }
     return hashlib.sha256(prev_hash + orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).digest()
@@ -42,15 +42,3 @@ def event_hash(
 
 def _utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
-
-
-def _key(key: SessionKey | None) -> dict[str, Any] | None:
-    if key is None:
-        return None
-    return {
-        "svm_uuid": key.svm_uuid,
-        "target_portal_group": key.target_portal_group,
-        "tsih": key.tsih,
-        "isid": key.isid,
-        "initiator_name": key.initiator_name,
-    }

@@ -221,11 +221,12 @@ class ClusterTransaction:
         self.conn = conn
         self.cluster_id = cluster.cluster_id if cluster is not None else None
         self.version = cluster.state_version if cluster is not None else 0
-        self._cluster_last_ok = cluster.last_ok_at if cluster is not None else None
+        # read with the cluster's row, under the lock: the state's, and what closes now was
+        # last seen by it (or when first seen, if later)
+        self._last_ok_at = cluster.last_ok_at if cluster is not None else None
         self.identity = identity
         self.memory = memory
         self._ids = _Ids()
-        self._last_ok_at: datetime | None = None
 
     def open_state(self) -> State:
         """The open sessions and known names of this cluster, as the history has them."""
@@ -233,11 +234,10 @@ class ClusterTransaction:
         cached = self.memory.cached if self.memory is not None else None
         if cached and (cached.cluster_id, cached.version) == (self.cluster_id, self.version):
             # another collector's unchanged poll moves last_ok_at without a new version
-            state = replace(cached.state, last_ok_at=self._cluster_last_ok)
+            state = replace(cached.state, last_ok_at=self._last_ok_at)
             self._ids = cached.ids
         else:
-            state, self._ids = load_state(self.conn, self.cluster_id)
-        self._last_ok_at = state.last_ok_at
+            state, self._ids = load_state(self.conn, self.cluster_id, self._last_ok_at)
         return state
 
     def record(
@@ -304,7 +304,9 @@ def notify_events(
 # --- reading the open state -----------------------------------------------------------
 
 
-def load_state(conn: Connection, cluster_id: int) -> tuple[State, _Ids]:
+def load_state(
+    conn: Connection, cluster_id: int, last_ok_at: datetime | None
+) -> tuple[State, _Ids]:
     ids = _Ids()
     svms = _current_names(conn, m.Svm, m.SvmName, "svm_id", cluster_id, ids.svms)
     igroups = _current_names(conn, m.Igroup, m.IgroupName, "igroup_id", cluster_id, ids.igroups)
@@ -336,15 +338,7 @@ def load_state(conn: Connection, cluster_id: int) -> tuple[State, _Ids]:
         )
         sessions[key] = OpenSession(session, row.first_seen_at)
         ids.sessions[key] = row.session_id
-    return State(sessions, svms, igroups, interfaces, _last_ok_at(conn, cluster_id)), ids
-
-
-def _last_ok_at(conn: Connection, cluster_id: int) -> datetime | None:
-    return conn.execute(
-        select(func.max(m.Poll.started_at)).where(
-            m.Poll.cluster_id == cluster_id, m.Poll.outcome == PollOutcome.OK.value
-        )
-    ).scalar()
+    return State(sessions, svms, igroups, interfaces, last_ok_at), ids
 
 
 def _open_connections(
