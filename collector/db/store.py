@@ -23,17 +23,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
 from sqlalchemy import (
-    ARRAY,
-    BigInteger,
     Connection,
     Engine,
     LargeBinary,
     Table,
-    any_,
+    TextClause,
     bindparam,
     func,
     insert,
@@ -41,6 +40,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from collector.chain import GENESIS, event_hash
@@ -124,7 +124,7 @@ class HistoryStore:
 
 
 def lock_cluster(conn: Connection, cluster_uuid: str) -> None:
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(cluster_uuid)})
+    conn.execute(_LOCK, {"k": _lock_key(cluster_uuid)})
 
 
 def _lock_key(cluster_uuid: str) -> int:
@@ -137,6 +137,47 @@ class _ClusterRow:
     cluster_id: int
     state_version: int
     last_ok_at: datetime | None
+    last_hash: bytes  # of the cluster's last event: the next one chains to it
+
+
+def _cluster_row_query() -> Any:
+    table, polls, events = m.clusters_table, m.polls_table, m.events_table
+    last_ok = (
+        select(func.max(polls.c.started_at))
+        .where(polls.c.cluster_id == table.c.cluster_id, polls.c.outcome == PollOutcome.OK.value)
+        .scalar_subquery()
+    )
+    last_hash = (
+        select(events.c.hash)
+        .where(events.c.cluster_id == table.c.cluster_id)
+        .order_by(events.c.event_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return select(
+        table.c.cluster_id,
+        table.c.label,
+        table.c.name,
+        table.c.version,
+        table.c.state_version,
+        last_ok.label("last_ok_at"),
+        last_hash.label("last_hash"),
+    ).where(table.c.uuid == bindparam("uuid"))
+
+
+# The statements of the poll path are built once: building a Core statement costs more
+# client CPU than running it (0.31 ms against 0.09 ms for the poll row, measured).
+_CLUSTER_ROW = _cluster_row_query()
+_INSERT_CLUSTER = insert(m.clusters_table).returning(m.clusters_table.c.cluster_id)
+_UPDATE_CLUSTER = update(m.clusters_table).where(m.clusters_table.c.cluster_id == bindparam("id"))
+_BUMP_VERSION = (
+    update(m.clusters_table)
+    .where(m.clusters_table.c.cluster_id == bindparam("id"))
+    .values(state_version=m.clusters_table.c.state_version + 1)
+)
+_INSERT_POLL = insert(m.polls_table).returning(m.polls_table.c.poll_id)
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
 def _upsert_cluster(
@@ -144,50 +185,38 @@ def _upsert_cluster(
 ) -> _ClusterRow:
     """Insert the cluster on first contact; update label, name or version only when changed.
 
-    Returns its id, state version and last ok poll, read under the cluster's lock in one
-    statement (a fleet's unchanged polls are mostly such round trips).
+    Returns its id, state version, last ok poll and last event hash, read under the
+    cluster's lock in one statement (a fleet's unchanged polls are mostly such round trips).
     """
-    table = m.clusters_table
-    last_ok = (
-        select(func.max(m.Poll.started_at))
-        .where(m.Poll.cluster_id == table.c.cluster_id, m.Poll.outcome == PollOutcome.OK.value)
-        .scalar_subquery()
-    )
-    row = conn.execute(
-        select(
-            table.c.cluster_id,
-            table.c.label,
-            table.c.name,
-            table.c.version,
-            table.c.state_version,
-            last_ok.label("last_ok_at"),
-        ).where(table.c.uuid == identity.uuid)
-    ).one_or_none()
+    row = conn.execute(_CLUSTER_ROW, {"uuid": identity.uuid}).one_or_none()
     if row is None:
-        return _ClusterRow(
-            int(
-                conn.execute(
-                    insert(table)
-                    .values(
-                        uuid=identity.uuid,
-                        name=identity.name,
-                        label=label,
-                        version=identity.version,
-                        first_seen_at=seen_at,
-                    )
-                    .returning(table.c.cluster_id)
-                ).scalar_one()
-            ),
-            0,
-            None,
-        )
+        cluster_id = conn.execute(
+            _INSERT_CLUSTER,
+            {
+                "uuid": identity.uuid,
+                "name": identity.name,
+                "label": label,
+                "version": identity.version,
+                "first_seen_at": seen_at,
+            },
+        ).scalar_one()
+        return _ClusterRow(int(cluster_id), 0, None, GENESIS)
     if (row.label, row.name, row.version) != (label, identity.name, identity.version):
         conn.execute(
-            update(table)
-            .where(table.c.cluster_id == row.cluster_id)
-            .values(label=label, name=identity.name, version=identity.version)
+            _UPDATE_CLUSTER,
+            {
+                "id": row.cluster_id,
+                "label": label,
+                "name": identity.name,
+                "version": identity.version,
+            },
         )
-    return _ClusterRow(int(row.cluster_id), int(row.state_version), row.last_ok_at)
+    return _ClusterRow(
+        int(row.cluster_id),
+        int(row.state_version),
+        row.last_ok_at,
+        bytes(row.last_hash) if row.last_hash is not None else GENESIS,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +253,7 @@ class ClusterTransaction:
         # read with the cluster's row, under the lock: the state's, and what closes now was
         # last seen by it (or when first seen, if later)
         self._last_ok_at = cluster.last_ok_at if cluster is not None else None
+        self._last_hash = cluster.last_hash if cluster is not None else GENESIS
         self.identity = identity
         self.memory = memory
         self._ids = _Ids()
@@ -257,14 +287,16 @@ class ClusterTransaction:
             writer.write_entities(changes)
             writer.write_sessions(changes.events)
             event_ids = _insert_events(
-                self.conn, self.cluster_id, self.identity.uuid, poll_id, changes.events, self._ids
+                self.conn,
+                self.cluster_id,
+                self.identity.uuid,
+                poll_id,
+                changes.events,
+                self._ids,
+                self._last_hash,
             )
             writer.forget_closed(changes.events)
-            self.conn.execute(
-                update(m.clusters_table)
-                .where(m.Cluster.cluster_id == self.cluster_id)
-                .values(state_version=m.Cluster.state_version + 1)
-            )
+            self.conn.execute(_BUMP_VERSION, {"id": self.cluster_id})
         kinds = tuple(e.kind.value for e in changes.events) if changes else ()
         if event_ids:
             notify_events(self.conn, poll.cluster_label, poll_id, event_ids, kinds)
@@ -295,10 +327,7 @@ def notify_events(
             "kinds": counts,
         }
     ).decode()
-    conn.execute(
-        text("SELECT pg_notify(:channel, :payload)"),
-        {"channel": NOTIFY_CHANNEL, "payload": payload},
-    )
+    conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "payload": payload})
 
 
 # --- reading the open state -----------------------------------------------------------
@@ -445,28 +474,23 @@ def _insert_poll(
     event_count: int,
 ) -> int:
     sessions = snapshot.sessions.values() if snapshot is not None else None
-    return int(
-        conn.execute(
-            insert(m.polls_table)
-            .values(
-                cluster_id=cluster_id,
-                cluster_label=poll.cluster_label,
-                started_at=poll.started_at,
-                finished_at=poll.finished_at,
-                outcome=poll.outcome.value,
-                page_count=snapshot.pages if snapshot is not None else 0,
-                session_count=len(snapshot.sessions) if snapshot is not None else None,
-                connection_count=sum(len(s.connections) for s in sessions)
-                if sessions is not None
-                else None,
-                rejected_count=len(snapshot.rejected) if snapshot is not None else 0,
-                event_count=event_count,
-                error=poll.error,
-                collector=COLLECTOR_ID,
-            )
-            .returning(m.Poll.poll_id)
-        ).scalar_one()
-    )
+    row = {
+        "cluster_id": cluster_id,
+        "cluster_label": poll.cluster_label,
+        "started_at": poll.started_at,
+        "finished_at": poll.finished_at,
+        "outcome": poll.outcome.value,
+        "page_count": snapshot.pages if snapshot is not None else 0,
+        "session_count": len(snapshot.sessions) if snapshot is not None else None,
+        "connection_count": sum(len(s.connections) for s in sessions)
+        if sessions is not None
+        else None,
+        "rejected_count": len(snapshot.rejected) if snapshot is not None else 0,
+        "event_count": event_count,
+        "error": poll.error,
+        "collector": COLLECTOR_ID,
+    }
+    return int(conn.execute(_INSERT_POLL, row).scalar_one())
 
 
 def _insert_rejected(conn: Connection, poll_id: int, snapshot: Snapshot) -> None:
@@ -477,6 +501,33 @@ def _insert_rejected(conn: Connection, poll_id: int, snapshot: Snapshot) -> None
             for r in snapshot.rejected
         ],
     )
+
+
+# A disconnect closes the session, its open connections and its igroup memberships in one
+# statement: the three UPDATEs run as data-modifying CTEs on one snapshot, in one round trip.
+# What closes was last seen by the last ok poll, or when first seen if later.
+_CLOSE_SESSIONS = text(
+    "WITH sessions AS ("
+    "  UPDATE iscsi_audit.sessions s"
+    "  SET ended_at = :at, closed_by_poll_id = :poll,"
+    "      last_seen_at = greatest(s.first_seen_at, CAST(:last_ok AS timestamptz))"
+    "  WHERE s.session_id = ANY(CAST(:ids AS bigint[]))"
+    "), connections AS ("
+    "  UPDATE iscsi_audit.connections c"
+    "  SET ended_at = :at, closed_by_poll_id = :poll,"
+    "      last_seen_at = greatest(c.first_seen_at, CAST(:last_ok AS timestamptz))"
+    "  WHERE c.session_id = ANY(CAST(:ids AS bigint[])) AND c.ended_at IS NULL"
+    ")"
+    " UPDATE iscsi_audit.session_igroups g SET left_at = :at, left_by_poll_id = :poll"
+    " WHERE g.session_id = ANY(CAST(:ids AS bigint[])) AND g.left_at IS NULL"
+)
+_CLOSE_CONNECTIONS = text(
+    "UPDATE iscsi_audit.connections c"
+    " SET ended_at = :at, closed_by_poll_id = :poll,"
+    "     last_seen_at = greatest(c.first_seen_at, CAST(:last_ok AS timestamptz))"
+    " FROM unnest(CAST(:sessions AS bigint[]), CAST(:cids AS integer[])) AS t(sid, cid)"
+    " WHERE c.session_id = t.sid AND c.cid = t.cid AND c.ended_at IS NULL"
+)
 
 
 class _ChangeWriter:
@@ -637,24 +688,14 @@ class _ChangeWriter:
     def _disconnect(self, events: list[Event]) -> None:
         if not events:
             return
-        session_ids = [self.ids.sessions[e.key] for e in events if e.key]
-        last_ok = self.last_ok_at
-        closing = {"ended_at": self.at, "closed_by_poll_id": self.poll_id}
-        s, c, g = m.sessions_table, m.connections_table, m.session_igroups_table
         self.conn.execute(
-            update(s)
-            .where(s.c.session_id == _any(session_ids))
-            .values(last_seen_at=func.greatest(s.c.first_seen_at, last_ok), **closing)
-        )
-        self.conn.execute(
-            update(c)
-            .where(c.c.session_id == _any(session_ids), c.c.ended_at.is_(None))
-            .values(last_seen_at=func.greatest(c.c.first_seen_at, last_ok), **closing)
-        )
-        self.conn.execute(
-            update(g)
-            .where(g.c.session_id == _any(session_ids), g.c.left_at.is_(None))
-            .values(left_at=self.at, left_by_poll_id=self.poll_id)
+            _CLOSE_SESSIONS,
+            {
+                "ids": [self.ids.sessions[e.key] for e in events if e.key],
+                "at": self.at,
+                "poll": self.poll_id,
+                "last_ok": self.last_ok_at,
+            },
         )
 
     def forget_closed(self, events: Sequence[Event]) -> None:
@@ -697,13 +738,7 @@ class _ChangeWriter:
         if not targets:
             return
         self.conn.execute(
-            text(
-                "UPDATE iscsi_audit.connections c"
-                " SET ended_at = :at, closed_by_poll_id = :poll,"
-                "     last_seen_at = greatest(c.first_seen_at, CAST(:last_ok AS timestamptz))"
-                " FROM unnest(CAST(:sessions AS bigint[]), CAST(:cids AS integer[])) AS t(sid, cid)"
-                " WHERE c.session_id = t.sid AND c.cid = t.cid AND c.ended_at IS NULL"
-            ),
+            _CLOSE_CONNECTIONS,
             {
                 "at": self.at,
                 "poll": self.poll_id,
@@ -776,17 +811,10 @@ def _insert_events(
     poll_id: int,
     events: Sequence[Event],
     ids: _Ids,
+    prev: bytes,
 ) -> tuple[int, ...]:
+    """Append the events to the cluster's chain, the first linked to `prev`."""
     table = m.events_table
-    prev = (
-        conn.execute(
-            select(table.c.hash)
-            .where(table.c.cluster_id == cluster_id)
-            .order_by(table.c.event_id.desc())
-            .limit(1)
-        ).scalar()
-        or GENESIS
-    )
     rows: list[dict[str, Any]] = []
     for event in events:
         digest = event_hash(
@@ -819,11 +847,6 @@ def _insert_events(
     return tuple(event_id[row["hash"]] for row in rows)
 
 
-def _any(ids: Sequence[int]) -> Any:
-    """`= ANY(array)`: one parameter, where IN (...) would bind one per id."""
-    return any_(bindparam(None, list(ids), type_=ARRAY(BigInteger)))
-
-
 def bulk_insert(
     conn: Connection,
     table: Table,
@@ -838,28 +861,38 @@ def bulk_insert(
     """
     if not rows:
         return []
-    columns = [table.c[name] for name in rows[0]]
-    shape = ", ".join(f"{c.name} {_json_type(c, conn)}" for c in columns)
+    statement, binary = _bulk_insert_statement(table, tuple(rows[0]), tuple(returning))
+    if binary:  # JSON has no bytes: hex here, decode() there
+        rows = [{**r, **{b: r[b].hex() for b in binary}} for r in rows]
+    result = conn.execute(statement, {"rows": orjson.dumps(rows).decode()})
+    return [tuple(r) for r in result] if returning else []
+
+
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+@lru_cache(maxsize=64)
+def _bulk_insert_statement(
+    table: Table, names: tuple[str, ...], returning: tuple[str, ...]
+) -> tuple[TextClause, tuple[str, ...]]:
+    """The INSERT for one shape of rows, and its bytes columns; built once per shape."""
+    columns = [table.c[name] for name in names]
+    shape = ", ".join(f"{c.name} {_json_type(c)}" for c in columns)
     values = ", ".join(_from_json(c) for c in columns)
     sql = (
-        f"INSERT INTO {table.fullname} ({', '.join(c.name for c in columns)})"
+        f"INSERT INTO {table.fullname} ({', '.join(names)})"
         f" SELECT {values} FROM json_to_recordset(CAST(:rows AS json)) AS r({shape})"
     )
     if returning:
         sql += f" RETURNING {', '.join(returning)}"
-    binary = [c.name for c in columns if isinstance(c.type, LargeBinary)]
-    if binary:  # JSON has no bytes: hex here, decode() there
-        rows = [{**r, **{b: r[b].hex() for b in binary}} for r in rows]
-    result = conn.execute(text(sql), {"rows": orjson.dumps(rows).decode()})
-    return [tuple(r) for r in result] if returning else []
+    binary = tuple(c.name for c in columns if isinstance(c.type, LargeBinary))
+    return text(sql), binary
 
 
-def _json_type(column: Any, conn: Connection) -> str:
-    return (
-        "text"
-        if isinstance(column.type, LargeBinary)
-        else str(column.type.compile(dialect=conn.dialect))
-    )
+def _json_type(column: Any) -> str:
+    if isinstance(column.type, LargeBinary):
+        return "text"
+    return str(column.type.compile(dialect=_DIALECT))
 
 
 def _from_json(column: Any) -> str:
