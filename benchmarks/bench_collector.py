@@ -40,9 +40,10 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, create_engine, text
 
-from collector.config import ClusterConfig, PasswordSource
+from collector.config import ClusterConfig, CollectorSettings, PasswordSource
 from collector.db.database import make_engine, migrate, sqlalchemy_url
 from collector.db.store import ClusterMemory, HistoryStore
+from collector.fleet_memory import FleetMemory
 from collector.pipeline import PollReport, poll_cluster
 
 PASSWORD = "bench-secret"
@@ -237,19 +238,26 @@ async def scenario_a(url: str, sessions: int, polls: int) -> list[Result]:
     return results
 
 
-async def scenario_b(url: str, clusters: int, sessions: int, minutes: int) -> list[Result]:
-    """A fleet polled every simulated minute; CPU is compared with the minutes it stands for."""
+async def scenario_b(
+    url: str, clusters: int, sessions: int, minutes: int, remember: int
+) -> list[Result]:
+    """A fleet polled every simulated minute; CPU is compared with the minutes it stands for.
+    Memory between polls is kept as `iscsi-audit run` keeps it, under `remember` sessions."""
     with simulator(clusters, sessions) as (urls, pipe):
         engine = make_engine(url)
         migrate(engine)
         store = HistoryStore(engine)
         configs = [cluster_config(f"bench-b-{i:03d}", u) for i, u in enumerate(urls)]
-        memories = {c.name: ClusterMemory() for c in configs}
+        memories = FleetMemory(remember)
         gate = asyncio.Semaphore(8)
 
         async def one(cluster: ClusterConfig) -> PollReport:
             async with gate:
-                return await poll_cluster(cluster, store, memory=memories[cluster.name])
+                memory = memories.lend(cluster.name)
+                try:
+                    return await poll_cluster(cluster, store, memory=memory)
+                finally:
+                    memories.settle(cluster.name)
 
         await asyncio.gather(*(one(c) for c in configs))  # the first, all-connect poll
         cpu_start, wall_start = time.process_time(), time.perf_counter()
@@ -263,9 +271,11 @@ async def scenario_b(url: str, clusters: int, sessions: int, minutes: int) -> li
         cpu = time.process_time() - cpu_start
         wall = time.perf_counter() - wall_start
         engine.dispose()
-    result = summarise("B", f"{clusters}x{sessions}, {minutes} polls each", per_minute)
+    result = summarise("B", f"{clusters}x{sessions}, {minutes} polls each, remember {remember}",
+                       per_minute)
     result.notes = {"cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2),
-                    "cpu_share_of_one_core_at_60s": round(cpu / (minutes * 60.0), 4)}
+                    "cpu_share_of_one_core_at_60s": round(cpu / (minutes * 60.0), 4),
+                    "remembered_sessions": memories.remembered}
     return [result]
 
 
@@ -365,6 +375,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--fleet", type=int, default=200, help="clusters in scenario B")
     parser.add_argument("--fleet-sessions", type=int, default=500)
     parser.add_argument("--minutes", type=int, default=30, help="simulated minutes in B")
+    parser.add_argument("--remember-sessions", type=int,
+                        default=CollectorSettings().remember_sessions,
+                        help="B's memory budget, as collector.remember_sessions (peak RSS is"
+                             " per process: run one budget per invocation)")
     parser.add_argument("--growth-polls", type=int, default=1000, help="unchanged polls in C")
     parser.add_argument("--growth-sessions", type=int, default=1000)
     parser.add_argument("--dlt-sessions", type=int, default=10_000,
@@ -381,7 +395,7 @@ def main(argv: list[str]) -> int:
         runs.append(("A", lambda url: scenario_a(url, args.sessions, args.polls)))
     if args.scenario in ("B", "all"):
         runs.append(("B", lambda url: scenario_b(url, args.fleet, args.fleet_sessions,
-                                                 args.minutes)))
+                                                 args.minutes, args.remember_sessions)))
     if args.scenario in ("C", "all"):
         runs.append(("C", lambda url: scenario_c(url, args.growth_sessions, args.growth_polls)))
         runs.append(("C", lambda url: scenario_c_dlt(url, args.dlt_sessions, args.dlt_polls)))

@@ -128,6 +128,9 @@ class CollectorSettings:
     concurrency: int = 8  # polls in flight at once, over all clusters
     max_backoff: float = 900.0  # cap on the delay before retrying a failing cluster
     jitter: float | None = None  # default for clusters; None: a tenth of each interval
+    # open sessions, over all clusters, whose parsed records and state stay in memory
+    # between polls (about 1,350 bytes each); a cluster that does not fit reads its state back
+    remember_sessions: int = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,15 +198,18 @@ def parse_config(document: Mapping[str, Any], path: Path | None) -> Config:
     from collector.sinks.config import parse_sinks
 
     sinks = parse_sinks(where.array_of_tables(document, "sinks"), where)
-    return Config(
-        path=path, database_url=url, clusters=clusters, collector=collector, sinks=sinks
-    )
+    return Config(path=path, database_url=url, clusters=clusters, collector=collector, sinks=sinks)
 
 
 def _collector(table: Mapping[str, Any], where: _Where) -> CollectorSettings:
-    where.no_unknown_keys(table, "collector", {"concurrency", "max_backoff", "jitter"})
+    where.no_unknown_keys(
+        table, "collector", {"concurrency", "max_backoff", "jitter", "remember_sessions"}
+    )
     return CollectorSettings(
         concurrency=where.integer(table, "collector", "concurrency", 8, 1, 256),
+        remember_sessions=where.integer(
+            table, "collector", "remember_sessions", 200_000, 0, 100_000_000
+        ),
         max_backoff=where.duration(table, "collector", "max_backoff", 900.0, minimum=1.0),
         jitter=where.duration(table, "collector", "jitter", 0.0, minimum=0.0)
         if "jitter" in table

@@ -14,6 +14,7 @@ alerting on a cluster nobody polls any more.
     iscsi_audit_backoff_seconds{cluster}                 gauge: backoff delay in force, 0 if none
     iscsi_audit_polls_in_flight                          gauge
     iscsi_audit_clusters                                 gauge: clusters scheduled
+    iscsi_audit_remembered_sessions                      gauge: sessions kept in memory
     iscsi_audit_config_reloads_total{result}             counter: applied, refused
 
 `error` is a poll whose result could not be written (the database failed), as opposed to
@@ -87,6 +88,12 @@ class CollectorMetrics:
         )
         self.in_flight = Gauge("iscsi_audit_polls_in_flight", "Polls running now.", registry=r)
         self.clusters = Gauge("iscsi_audit_clusters", "Clusters scheduled.", registry=r)
+        self.remembered_sessions = Gauge(
+            "iscsi_audit_remembered_sessions",
+            "Open sessions kept in memory between polls, over all clusters"
+            " (collector.remember_sessions is the ceiling).",
+            registry=r,
+        )
         self.reloads = Counter(
             "iscsi_audit_config_reloads",
             "Configuration reloads (SIGHUP) by result.",

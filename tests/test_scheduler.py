@@ -103,14 +103,17 @@ def test_the_collector_table_sets_concurrency_backoff_and_default_jitter(tmp_con
 concurrency = 3
 max_backoff = "10m"
 jitter = "2s"
+remember_sessions = 50000
 {CLUSTER}"""))
     assert (config.collector.concurrency, config.collector.max_backoff) == (3, 600)
+    assert config.collector.remember_sessions == 50_000
     assert config.clusters[0].jitter == 2
 
 
 def test_without_a_collector_table_the_defaults_hold(tmp_config) -> None:
     config = load_config(_write(tmp_config, CLUSTER))
     assert (config.collector.concurrency, config.collector.max_backoff) == (8, 900)
+    assert config.collector.remember_sessions == 200_000
     assert config.clusters[0].jitter is None
 
 
@@ -120,6 +123,7 @@ def test_without_a_collector_table_the_defaults_hold(tmp_config) -> None:
         ("[collector]\nconcurrency = 0\n", "collector.concurrency: 0: must be an integer from 1"),
         ('[collector]\nmax_backoff = "soon"\n', "collector.max_backoff: 'soon': expected a dur"),
         ("[collector]\nthreads = 4\n", "collector.threads: unknown key"),
+        ("[collector]\nremember_sessions = -1\n", "collector.remember_sessions: -1: must be an"),
         ('[collector]\njitter = "2m"\n' + CLUSTER, "collector.jitter: 120s is longer than the"),
         (CLUSTER + 'jitter = "-1s"\n', "clusters[0].jitter: '-1s': expected a duration"),
         ("collector = 3\n", "collector: must be a table ([collector])"),

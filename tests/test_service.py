@@ -255,6 +255,29 @@ def test_metrics_show_a_failed_poll(daemon, tmp_config: Path) -> None:
     assert run.stop()[0] == 0
 
 
+def test_clusters_beyond_the_memory_budget_are_polled_from_the_database(
+    ontap, daemon, tmp_config: Path, engine: Engine
+) -> None:
+    server, _ = ontap
+    # room for one cluster's 30 sessions, not for both
+    tmp_config.write_text("[collector]\nremember_sessions = 40\n\n"
+                          + cluster_toml("first", server.base_url(0))
+                          + cluster_toml("second", server.base_url(1)))
+    run = daemon(tmp_config, "--metrics-port", "0")
+    wait_for(lambda: run.logged("/healthz"), what="the metrics endpoint")
+    base = next(line["message"].split()[1] for line in run.lines()
+                if "/healthz" in line["message"]).removesuffix("/metrics")
+    wait_for(lambda: min(len(polls(engine, "first")), len(polls(engine, "second"))) >= 3,
+             what="three polls of each cluster")
+
+    body = httpx.get(f"{base}/metrics").text
+    assert run.stop()[0] == 0
+    assert f"iscsi_audit_remembered_sessions {float(SESSIONS_PER_CLUSTER)}" in body
+    for label in ("first", "second"):  # remembered or not, the history is the same
+        assert set(polls(engine, label)) == {("ok", SESSIONS_PER_CLUSTER)}
+        assert open_sessions(engine, label) == SESSIONS_PER_CLUSTER
+
+
 # --- /healthz ------------------------------------------------------------------------
 
 
