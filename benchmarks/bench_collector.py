@@ -42,7 +42,8 @@ from sqlalchemy import Engine, create_engine, text
 
 from collector.config import ClusterConfig, CollectorSettings, PasswordSource
 from collector.db.database import make_engine, migrate, sqlalchemy_url
-from collector.db.store import ClusterMemory, HistoryStore
+from collector.db.memory import ClusterMemory
+from collector.db.store import HistoryStore
 from collector.fleet_memory import FleetMemory
 from collector.pipeline import PollReport, poll_cluster
 

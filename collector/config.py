@@ -129,8 +129,8 @@ class CollectorSettings:
     max_backoff: float = 900.0  # cap on the delay before retrying a failing cluster
     jitter: float | None = None  # default for clusters; None: a tenth of each interval
     # open sessions, over all clusters, whose parsed records and state stay in memory
-    # between polls (about 1,350 bytes each); a cluster that does not fit reads its state back
-    remember_sessions: int = 200_000
+    # between polls (about 130 bytes each); a cluster that does not fit reads its state back
+    remember_sessions: int = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +208,7 @@ def _collector(table: Mapping[str, Any], where: _Where) -> CollectorSettings:
     return CollectorSettings(
         concurrency=where.integer(table, "collector", "concurrency", 8, 1, 256),
         remember_sessions=where.integer(
-            table, "collector", "remember_sessions", 200_000, 0, 100_000_000
+            table, "collector", "remember_sessions", 1_000_000, 0, 100_000_000
         ),
         max_backoff=where.duration(table, "collector", "max_backoff", 900.0, minimum=1.0),
         jitter=where.duration(table, "collector", "jitter", 0.0, minimum=0.0)

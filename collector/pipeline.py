@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Container, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -22,11 +22,12 @@ from typing import Any
 import httpx
 
 from collector.config import ClusterConfig, CredentialError
-from collector.db.store import ClusterMemory, HistoryStore, PollRecord, PollResult
+from collector.db.memory import ClusterMemory
+from collector.db.store import HistoryStore, PollRecord, PollResult, StaleMemory
 from collector.diff import PollOutcome, diff
 from collector.ontap.client import OntapClient, OntapError, OntapHTTPError, RetryPolicy
 from collector.ontap.resources import ClusterIdentity, Page
-from collector.snapshot import Session, Snapshot, SnapshotBuilder
+from collector.snapshot import Snapshot, SnapshotBuilder
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,34 @@ async def poll_cluster(
     memory: ClusterMemory | None = None,
 ) -> PollReport:
     """Poll once. A collector that polls again passes the same `memory` for this cluster:
-    the next poll then parses and reloads only what changed."""
+    the next poll then parses and reads back only what changed.
+
+    A memory that another collector's write made stale is found so before anything is
+    written; the poll then forgets it and starts over, walking and parsing everything.
+    """
+    try:
+        return await _poll(cluster, store, transport, retry, clock, memory)
+    except StaleMemory as stale:
+        assert memory is not None
+        log.info("memory of %s is stale (%s): polling afresh", cluster.name, stale)
+        memory.forget()
+        return await _poll(cluster, store, transport, retry, clock, memory)
+
+
+async def _poll(
+    cluster: ClusterConfig,
+    store: HistoryStore,
+    transport: httpx.AsyncBaseTransport | None,
+    retry: RetryPolicy | None,
+    clock: Clock,
+    memory: ClusterMemory | None,
+) -> PollReport:
     started_at = clock()
     fetched = await fetch(
         cluster,
         transport=transport,
         retry=retry,
-        known=memory.parsed if memory is not None else None,
+        known=memory.known() if memory is not None else None,
     )
     finished_at = clock()
     if isinstance(fetched, FetchFailed):
@@ -97,8 +119,6 @@ async def poll_cluster(
         outcome,
         rejected_summary(snapshot) if snapshot.rejected else None,
     )
-    if memory is not None:
-        memory.parsed = snapshot.parsed
     write = partial(store_snapshot, store, poll, fetched.identity, snapshot, memory)
     return await _whole(_record(poll, write, snapshot))
 
@@ -127,11 +147,11 @@ async def fetch(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     retry: RetryPolicy | None = None,
-    known: Mapping[bytes, Session] | None = None,
+    known: Container[bytes] | None = None,
 ) -> Fetched | FetchFailed:
     """Walk the cluster's sessions into a snapshot; a failure is a value, not an exception.
 
-    `known` is the previous walk's `Snapshot.parsed`: its records are not parsed again.
+    Records whose digest is in `known` (what a collector remembers) are not parsed.
 
     After a 401 the password is read again from its file or command, and the walk is
     tried once more only if it changed: a rotated password is picked up at once, and an
@@ -165,7 +185,7 @@ async def _walk(
     password: str | None,
     transport: httpx.AsyncBaseTransport | None,
     retry: RetryPolicy | None,
-    known: Mapping[bytes, Session] | None,
+    known: Container[bytes] | None,
 ) -> Fetched | FetchFailed:
     identity: ClusterIdentity | None = None
     try:
@@ -215,8 +235,8 @@ def store_snapshot(
     memory: ClusterMemory | None = None,
 ) -> PollResult:
     with store.cluster_transaction(poll.cluster_label, identity, poll.started_at, memory) as tx:
-        previous = tx.open_state()
-        changes = diff(previous, snapshot, poll.outcome, poll.started_at)
+        previous, compared = tx.open_state(snapshot)
+        changes = diff(previous, compared, poll.outcome, poll.started_at)
         return tx.record(poll, changes, snapshot)
 
 
@@ -236,7 +256,7 @@ def _report(poll: PollRecord, result: PollResult, snapshot: Snapshot | None) -> 
         outcome=poll.outcome,
         started_at=poll.started_at,
         finished_at=poll.finished_at,
-        session_count=len(snapshot.sessions) if snapshot is not None else None,
+        session_count=result.session_count,
         rejected_count=len(snapshot.rejected) if snapshot is not None else 0,
         event_kinds=result.event_kinds,
         error=poll.error,

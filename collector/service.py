@@ -121,8 +121,8 @@ class Collector:
         self._concurrency_option = concurrency
         self._store = HistoryStore(engine)
         self._sinks: _Sinks | None = None
-        # per cluster, what the last poll parsed and read: the next one skips all that
-        # did not change (an unchanged 100,000-session poll: 8.8 s without, 0.74 s with)
+        # per cluster, the digests of its open sessions' records: the next poll parses and
+        # reads back only what changed (500 sessions at 1% churn: 41 ms of CPU without, 8 with)
         self._memory = FleetMemory(config.collector.remember_sessions)
 
     async def run(self) -> None:

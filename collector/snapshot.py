@@ -15,7 +15,7 @@ import functools
 import hashlib
 import ipaddress
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -98,20 +98,23 @@ class RejectedRecord:
 class Snapshot:
     """The sessions seen during one walk of the collection, and what was rejected.
 
-    `parsed` maps the digest of each valid record's raw JSON to its Session: handed to the
-    next walk's builder, an unchanged record is not parsed again, and it yields the very
-    same Session object, which lets `diff` skip it by identity.
+    A walk told which record digests a collector remembers (`SnapshotBuilder(known)`)
+    parses only the other records: `sessions` then holds the records that are new or
+    changed, and `unchanged` the remembered digests that were seen again. Without `known`,
+    `sessions` is every session of the walk and `unchanged` is empty.
     """
 
     sessions: Mapping[SessionKey, Session]
     rejected: tuple[RejectedRecord, ...] = ()
     pages: int = 0
     records_seen: int = 0
-    parsed: Mapping[bytes, Session] = field(default_factory=dict)
-    # The `known` mapping this walk reused sessions from, and the keys whose session was
-    # not taken from it. Every other session is the very object `known` holds for its key.
-    basis: Mapping[bytes, Session] | None = None
-    fresh: frozenset[SessionKey] = frozenset()
+    # the digest of the raw record each session was parsed from (what a collector remembers)
+    digests: Mapping[SessionKey, bytes] = field(default_factory=dict)
+    # remembered digests seen again, with the position in the walk of their last sighting
+    unchanged: Mapping[bytes, int] = field(default_factory=dict)
+    # the position in the walk of the record each session was parsed from
+    positions: Mapping[SessionKey, int] = field(default_factory=dict)
+    complete: bool = True  # every record parsed: `sessions` is the whole walk
 
 
 class InvalidRecord(ValueError):
@@ -124,39 +127,43 @@ _blake2b = hashlib.blake2b
 class SnapshotBuilder:
     """Accumulates the raw records of one walk, page by page, into a `Snapshot`.
 
-    Records arrive as their raw JSON bytes. A record whose bytes were seen in the previous
-    walk (`known`, that walk's `Snapshot.parsed`) is taken from it without parsing; most
-    records of a poll are unchanged, so most of the work is one digest per record.
+    Records arrive as their raw JSON bytes and each gets a 16-byte BLAKE2b digest. A
+    record whose digest is in `known` (the digests a collector kept from its last poll)
+    is not parsed: most records of a poll are unchanged, so most of the work is one digest
+    per record.
 
     The same session on two pages (records move between pages on a busy cluster) is one
-    session; the later page wins, since it is the fresher view.
+    session; the later page wins, since it is the fresher view. Positions in the walk are
+    kept so that the store can apply the same rule to a remembered record.
     """
 
-    def __init__(self, known: Mapping[bytes, Session] | None = None) -> None:
-        self._basis = known
-        self._known = known or {}
-        self._parsed: dict[bytes, Session] = {}
+    def __init__(self, known: Container[bytes] | None = None) -> None:
+        self._known = known
         self._sessions: dict[SessionKey, Session] = {}
-        self._fresh: set[SessionKey] = set()
+        self._digests: dict[SessionKey, bytes] = {}
+        self._positions: dict[SessionKey, int] = {}
+        self._unchanged: dict[bytes, int] = {}
         self._rejected: list[RejectedRecord] = []
         self._pages = 0
         self._records = 0
 
     def add_page(self, records: Sequence[Buffer]) -> None:
         self._pages += 1
-        self._records += len(records)
         # the loop runs once per record of a 100,000-session cluster: names kept local
-        known, parsed, sessions, blake2b = self._known, self._parsed, self._sessions, _blake2b
+        known, unchanged, blake2b = self._known or (), self._unchanged, _blake2b
+        sessions, digests, positions = self._sessions, self._digests, self._positions
+        position = self._records
         for raw in records:
+            position += 1
             digest = blake2b(raw, digest_size=16).digest()
-            session = known.get(digest)
-            if session is None:
-                session = parsed.get(digest) or self._parse(raw)
-                if session is None:
-                    continue
-                self._fresh.add(session.key)
-            parsed[digest] = session
-            sessions[session.key] = session
+            if digest in known:
+                unchanged[digest] = position
+                continue
+            session = self._parse(raw)
+            if session is not None:
+                key = session.key
+                sessions[key], digests[key], positions[key] = session, digest, position
+        self._records = position
 
     def _parse(self, raw: Buffer) -> Session | None:
         record = orjson.loads(bytes(raw))
@@ -167,19 +174,16 @@ class SnapshotBuilder:
             return None
 
     def build(self) -> Snapshot:
-        parsed = self._parsed
-        if len(parsed) > len(self._sessions):
-            # a key seen with two different records: keep only the winner, so that what
-            # the next walk reuses is always the session the snapshot (and the state) holds
-            parsed = {d: s for d, s in parsed.items() if self._sessions[s.key] is s}
+        # a builder serves one walk: its dicts are handed over, not copied
         return Snapshot(
-            dict(self._sessions),
+            self._sessions,
             tuple(self._rejected),
             self._pages,
             self._records,
-            parsed,
-            self._basis,
-            frozenset(self._fresh),
+            self._digests,
+            self._unchanged,
+            self._positions,
+            complete=self._known is None,
         )
 
 

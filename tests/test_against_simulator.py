@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from collector.config import ClusterConfig, PasswordSource
-from collector.db.store import ClusterMemory, HistoryStore
+from collector.db.memory import ClusterMemory
+from collector.db.store import HistoryStore
 from collector.diff import PollOutcome
 from collector.ontap.client import RetryPolicy
 from collector.pipeline import PollReport, poll_cluster

@@ -315,36 +315,3 @@ def test_every_event_lies_in_its_window(sequence, snapshot) -> None:
     for event in diff(state, snapshot, OK, at(100)).events:
         assert event.observed_at == at(100)
         assert event.occurred_after is None or event.occurred_after < event.observed_at
-
-
-# A remembering collector (each walk reuses the previous walk's parsed sessions, and diff
-# skips what it reused) must record exactly what a forgetful one records.
-
-record_variants = st.builds(
-    lambda n, tsih, alias, cids, groups: session_record(n, tsih=tsih, alias=alias, cids=cids,
-                                                        igroups=groups),
-    st.integers(1, 6), st.integers(1, 3), st.sampled_from(["db", "web", None]),
-    st.sampled_from([(1,), (1, 2), (2,)]), st.sampled_from([("a",), ("a", "b"), ()]))
-walks = st.lists(st.tuples(st.lists(st.lists(record_variants, max_size=4), max_size=3),
-                           st.sampled_from([OK, PARTIAL, FAILED])), max_size=6)
-
-
-def replay_walks(sequence, remember: bool) -> list[list[tuple[Any, ...]]]:
-    state, known, recorded = State(), None, []
-    for minute, (pages, outcome) in enumerate(sequence):
-        builder = SnapshotBuilder(known if remember else None)
-        for page in pages:
-            builder.add_page([orjson.dumps(r) for r in page])
-        snapshot = builder.build()
-        changes = diff(state, snapshot, outcome, at(minute))
-        if outcome is not FAILED:
-            known = snapshot.parsed
-        state = changes.state
-        recorded.append([(e.kind, e.key, e.details) for e in changes.events])
-    return recorded
-
-
-@settings(max_examples=300, deadline=None)
-@given(walks)
-def test_remembering_between_walks_records_the_same_events(sequence) -> None:
-    assert replay_walks(sequence, remember=True) == replay_walks(sequence, remember=False)

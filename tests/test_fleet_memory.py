@@ -3,23 +3,17 @@ that do not fit poll without one, every cycle, instead of evicting each other.""
 
 from __future__ import annotations
 
-from collector.db.store import ClusterMemory
+from collector.db.memory import ClusterMemory
 from collector.fleet_memory import FleetMemory, memory_size
-from collector.snapshot import Session, SessionKey
 
 
 def remembered_poll(fleet: FleetMemory, cluster: str, sessions: int) -> ClusterMemory | None:
     """What a poll does with the fleet's memory: borrow, fill with its walk, settle."""
     memory = fleet.lend(cluster)
     if memory is not None:
-        memory.parsed = {n.to_bytes(16, "big"): _session(cluster, n) for n in range(sessions)}
+        memory.records = {n.to_bytes(16, "big"): n << 16 | 2 for n in range(sessions)}
     fleet.settle(cluster)
     return memory
-
-
-def _session(cluster: str, n: int) -> Session:
-    key = SessionKey(f"svm-{cluster}", "tpg", n, "40:00:01:37:00:00", f"iqn.host-{n}")
-    return Session(key, "svm", 1, None, None, (), ())
 
 
 def test_a_cluster_that_fits_keeps_its_memory_between_polls() -> None:
@@ -80,7 +74,7 @@ def test_a_budget_of_zero_remembers_nothing() -> None:
     assert fleet.remembered == 0
 
 
-def test_memory_size_counts_sessions_once() -> None:
-    memory = ClusterMemory(parsed={b"1" * 16: _session("a", 1), b"2" * 16: _session("a", 2)})
+def test_memory_size_counts_open_sessions() -> None:
+    memory = ClusterMemory(records={b"1" * 16: 1 << 16 | 2, b"2" * 16: 2 << 16 | 1})
     assert memory_size(memory) == 2
     assert memory_size(ClusterMemory()) == 0

@@ -113,7 +113,7 @@ remember_sessions = 50000
 def test_without_a_collector_table_the_defaults_hold(tmp_config) -> None:
     config = load_config(_write(tmp_config, CLUSTER))
     assert (config.collector.concurrency, config.collector.max_backoff) == (8, 900)
-    assert config.collector.remember_sessions == 200_000
+    assert config.collector.remember_sessions == 1_000_000
     assert config.clusters[0].jitter is None
 
 

@@ -144,20 +144,22 @@ def test_connections_and_igroups_are_ordered_so_equal_sessions_compare_equal() -
     assert parse_session(a) == parse_session(b)
 
 
-def test_an_unchanged_record_is_not_parsed_again_and_is_the_same_object() -> None:
+def test_a_remembered_record_is_not_parsed_again() -> None:
     first = SnapshotBuilder()
     first.add_page(raw(session_record(1), session_record(2)))
     earlier = first.build()
 
-    again = SnapshotBuilder(known=earlier.parsed)
+    again = SnapshotBuilder(known=set(earlier.digests.values()))
     again.add_page(raw(session_record(1), session_record(2, alias="renamed")))
     later = again.build()
 
-    [one, two] = sorted(later.sessions)
-    assert later.sessions[one] is earlier.sessions[one]
-    assert later.sessions[two] is not earlier.sessions[two]
+    [one, two] = sorted(earlier.sessions)
+    assert not later.complete and earlier.complete
+    assert list(later.sessions) == [two]  # only the changed record was parsed
     assert later.sessions[two].initiator_alias == "renamed"
-    assert len(later.parsed) == 2  # what this walk saw, not everything ever seen
+    assert later.unchanged == {earlier.digests[one]: 1}  # seen again, first on the walk
+    assert later.digests[two] != earlier.digests[two]
+    assert later.records_seen == 2
 
 
 def test_a_rejected_record_is_rejected_again_in_the_next_walk() -> None:
@@ -166,7 +168,7 @@ def test_a_rejected_record_is_rejected_again_in_the_next_walk() -> None:
     first = SnapshotBuilder()
     first.add_page(raw(bad))
 
-    again = SnapshotBuilder(known=first.build().parsed)
+    again = SnapshotBuilder(known=set(first.build().digests.values()))
     again.add_page(raw(bad))
 
     assert len(again.build().rejected) == 1

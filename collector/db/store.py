@@ -21,7 +21,7 @@ import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -45,6 +45,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from collector.chain import GENESIS, event_hash
 from collector.db import models as m
+from collector.db.memory import (
+    ClusterMemory,
+    Delta,
+    Ids,
+    Lookup,
+    after_delta_poll,
+    after_full_poll,
+    lookup,
+    resolve,
+)
 from collector.diff import Changes, Event, EventKind, OpenSession, PollOutcome, State
 from collector.ontap.resources import ClusterIdentity
 from collector.snapshot import (
@@ -79,16 +89,7 @@ class PollResult:
     outcome: PollOutcome
     event_ids: tuple[int, ...]
     event_kinds: tuple[str, ...]
-
-
-@dataclass
-class _Ids:
-    """Surrogate keys of the open rows, so writes can address them."""
-
-    sessions: dict[SessionKey, int] = field(default_factory=dict)
-    svms: dict[str, int] = field(default_factory=dict)
-    igroups: dict[str, int] = field(default_factory=dict)
-    interfaces: dict[str, int] = field(default_factory=dict)
+    session_count: int | None = None  # sessions the walk saw; None if it failed
 
 
 class HistoryStore:
@@ -112,9 +113,9 @@ class HistoryStore:
                     row = _upsert_cluster(conn, label, identity, started_at)
                 yield ClusterTransaction(conn, row, identity, memory)
         except BaseException:
-            # the cached ids may name rows this rolled-back transaction wrote
+            # the memory may name rows this rolled-back transaction wrote
             if memory is not None:
-                memory.cached = None
+                memory.forget()
             raise
 
     def record_failure(self, poll: PollRecord, identity: ClusterIdentity | None) -> PollResult:
@@ -219,24 +220,9 @@ def _upsert_cluster(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CachedState:
-    cluster_id: int
-    version: int
-    state: State
-    ids: _Ids
-
-
-@dataclass
-class ClusterMemory:
-    """What a long-running collector keeps between two polls of one cluster, so that an
-    unchanged poll costs little: the parsed records by digest (`Snapshot.parsed`), and the
-    open state with the cluster's state version it was read or written at. Another
-    collector's change bumps the version, and the state is read from the database again.
-    """
-
-    parsed: Mapping[bytes, Session] = field(default_factory=dict)
-    cached: CachedState | None = None
+class StaleMemory(Exception):
+    """The memory describes another state version than the database's: another collector
+    wrote since. Raised before the poll writes anything; the poll starts over without."""
 
 
 class ClusterTransaction:
@@ -256,26 +242,48 @@ class ClusterTransaction:
         self._last_hash = cluster.last_hash if cluster is not None else GENESIS
         self.identity = identity
         self.memory = memory
-        self._ids = _Ids()
+        self._ids = Ids()
+        self._delta: Delta | None = None
 
-    def open_state(self) -> State:
-        """The open sessions and known names of this cluster, as the history has them."""
+    def open_state(self, snapshot: Snapshot) -> tuple[State, Snapshot]:
+        """The open state to compare the snapshot with, and the snapshot to compare.
+
+        A complete snapshot is compared with the whole open state. One from a remembering
+        walk (only new and changed records parsed) is compared with the part of the state
+        it can change, read back by id and key: see `collector.db.memory`.
+        """
         assert self.cluster_id is not None, "a cluster that never answered has no state"
-        cached = self.memory.cached if self.memory is not None else None
-        if cached and (cached.cluster_id, cached.version) == (self.cluster_id, self.version):
-            # another collector's unchanged poll moves last_ok_at without a new version
-            state = replace(cached.state, last_ok_at=self._last_ok_at)
-            self._ids = cached.ids
-        else:
+        if snapshot.complete:
             state, self._ids = load_state(self.conn, self.cluster_id, self._last_ok_at)
-        return state
+            return state, snapshot
+        memory = self.memory
+        assert memory is not None, "only a remembering walk leaves records unparsed"
+        if (memory.cluster_id, memory.version) != (self.cluster_id, self.version):
+            raise StaleMemory(
+                f"it describes state version {memory.version}, the database has {self.version}"
+            )
+        self._ids = memory.ids.entities()
+        asked = lookup(memory, snapshot)
+        read_back = _read_back(self.conn, self.cluster_id, memory, asked, self._ids)
+        self._delta = delta = resolve(memory, snapshot, asked, read_back)
+        state = State(
+            delta.previous, memory.svms, memory.igroups, memory.interfaces, self._last_ok_at
+        )
+        return state, replace(snapshot, sessions=delta.current)
 
     def record(
         self, poll: PollRecord, changes: Changes | None, snapshot: Snapshot | None
     ) -> PollResult:
+        counts = _counts(snapshot, self._delta)
         poll_id = _insert_poll(
-            self.conn, self.cluster_id, poll, snapshot, len(changes.events) if changes else 0
+            self.conn,
+            self.cluster_id,
+            poll,
+            snapshot,
+            counts,
+            len(changes.events) if changes else 0,
         )
+        closed: set[int] = set()
         event_ids: tuple[int, ...] = ()
         if snapshot is not None and snapshot.rejected:
             _insert_rejected(self.conn, poll_id, snapshot)
@@ -295,15 +303,37 @@ class ClusterTransaction:
                 self._ids,
                 self._last_hash,
             )
-            writer.forget_closed(changes.events)
+            closed = writer.forget_closed(changes.events)
             self.conn.execute(_BUMP_VERSION, {"id": self.cluster_id})
         kinds = tuple(e.kind.value for e in changes.events) if changes else ()
         if event_ids:
             notify_events(self.conn, poll.cluster_label, poll_id, event_ids, kinds)
-        if changes is not None and self.memory is not None and self.cluster_id is not None:
-            version = self.version + 1 if changes else self.version
-            self.memory.cached = CachedState(self.cluster_id, version, changes.state, self._ids)
-        return PollResult(poll_id, poll.outcome, event_ids, kinds)
+        if changes is not None and snapshot is not None:
+            self._remember(snapshot, changes, closed)
+        session_count = counts[0] if counts is not None else None
+        return PollResult(poll_id, poll.outcome, event_ids, kinds, session_count)
+
+    def _remember(self, snapshot: Snapshot, changes: Changes, closed: set[int]) -> None:
+        """Leave the memory as this poll's writes leave the cluster."""
+        memory = self.memory
+        if memory is None or self.cluster_id is None:
+            return
+        if self._delta is not None:
+            records = after_delta_poll(memory, self._delta, snapshot, closed, self._ids.sessions)
+        else:
+            records = after_full_poll(changes.state, snapshot, self._ids.sessions)
+        version = self.version + 1 if changes else self.version
+        memory.remember(self.cluster_id, version, changes.state, records, self._ids)
+
+
+def _counts(snapshot: Snapshot | None, delta: Delta | None) -> tuple[int, int] | None:
+    """Sessions and connections the walk saw (None for a walk that failed)."""
+    if delta is not None:
+        return delta.session_count, delta.connection_count
+    if snapshot is None:
+        return None
+    sessions = snapshot.sessions.values()
+    return len(sessions), sum(len(s.connections) for s in sessions)
 
 
 def notify_events(
@@ -333,90 +363,135 @@ def notify_events(
 # --- reading the open state -----------------------------------------------------------
 
 
-def load_state(
-    conn: Connection, cluster_id: int, last_ok_at: datetime | None
-) -> tuple[State, _Ids]:
-    ids = _Ids()
+def load_state(conn: Connection, cluster_id: int, last_ok_at: datetime | None) -> tuple[State, Ids]:
+    ids = Ids()
     svms = _current_names(conn, m.Svm, m.SvmName, "svm_id", cluster_id, ids.svms)
     igroups = _current_names(conn, m.Igroup, m.IgroupName, "igroup_id", cluster_id, ids.igroups)
     interfaces = _current_interfaces(conn, cluster_id, ids.interfaces)
-    svm_uuid = {v: k for k, v in ids.svms.items()}
-    connections = _open_connections(conn, cluster_id, interfaces, ids)
-    memberships = _open_memberships(conn, cluster_id, igroups, ids)
-
-    sessions: dict[SessionKey, OpenSession] = {}
-    open_rows = select(m.sessions_table).where(
-        m.Session.cluster_id == cluster_id, m.Session.ended_at.is_(None)
-    )
-    for row in conn.execute(open_rows):
-        key = SessionKey(
-            svm_uuid[row.svm_id],
-            row.target_portal_group,
-            row.tsih,
-            row.isid,
-            row.initiator_name,
-        )
-        session = Session(
-            key=key,
-            svm_name=svms[key.svm_uuid],
-            target_portal_group_tag=row.target_portal_group_tag,
-            initiator_alias=row.initiator_alias,
-            initiator_comment=row.initiator_comment,
-            igroups=tuple(sorted(memberships.get(row.session_id, ()))),
-            connections=tuple(sorted(connections.get(row.session_id, ()), key=lambda c: c.cid)),
-        )
-        sessions[key] = OpenSession(session, row.first_seen_at)
-        ids.sessions[key] = row.session_id
+    rows = conn.execute(_OPEN_SESSIONS, {"cluster": cluster_id}).all()
+    connections = conn.execute(_OPEN_CONNECTIONS, {"cluster": cluster_id}).all()
+    memberships = conn.execute(_OPEN_MEMBERSHIPS, {"cluster": cluster_id}).all()
+    names = _Names(svms, igroups, interfaces, ids)
+    sessions = {
+        key: open_
+        for key, (open_, session_id) in names.sessions(rows, connections, memberships).items()
+        if ids.sessions.setdefault(key, session_id) == session_id
+    }
     return State(sessions, svms, igroups, interfaces, last_ok_at), ids
 
 
-def _open_connections(
-    conn: Connection, cluster_id: int, interfaces: Mapping[str, Interface], ids: _Ids
-) -> dict[int, list[SessionConnection]]:
-    """Open connections by session_id."""
-    interface_uuid = {v: k for k, v in ids.interfaces.items()}
-    by_session: dict[int, list[SessionConnection]] = {}
-    c = m.Connection
+def _read_back(
+    conn: Connection, cluster_id: int, memory: ClusterMemory, asked: Lookup, ids: Ids
+) -> dict[SessionKey, tuple[OpenSession, int]]:
+    """The open sessions a remembering poll asks for, by id and by key, with their ids."""
+    if not asked.session_ids and not asked.keys:
+        return {}
+    keys = [k for k in asked.keys if k.svm_uuid in ids.svms]  # an unknown SVM: a new session
     rows = conn.execute(
-        select(
-            c.session_id,
-            c.cid,
-            c.authentication_type,
-            c.initiator_address,
-            c.initiator_port,
-            c.interface_id,
-        )
-        .join(m.Session, m.Session.session_id == c.session_id)
-        .where(
-            m.Session.cluster_id == cluster_id, m.Session.ended_at.is_(None), c.ended_at.is_(None)
-        )
-    )
-    for row in rows:
-        lif = interfaces.get(interface_uuid[row.interface_id]) if row.interface_id else None
-        address = str(row.initiator_address) if row.initiator_address is not None else None
-        by_session.setdefault(row.session_id, []).append(
-            SessionConnection(row.cid, row.authentication_type, address, row.initiator_port, lif)
-        )
-    return by_session
+        _SESSIONS_ASKED,
+        {
+            "cluster": cluster_id,
+            "ids": asked.session_ids,
+            "svms": [ids.svms[k.svm_uuid] for k in keys],
+            "tpgs": [k.target_portal_group for k in keys],
+            "tsihs": [k.tsih for k in keys],
+            "isids": [k.isid for k in keys],
+            "initiators": [k.initiator_name for k in keys],
+        },
+    ).all()
+    if not rows:
+        return {}
+    found = {"ids": [row.session_id for row in rows]}
+    connections = conn.execute(_CONNECTIONS_OF, found).all()
+    memberships = conn.execute(_MEMBERSHIPS_OF, found).all()
+    names = _Names(memory.svms, memory.igroups, memory.interfaces, ids)
+    read = names.sessions(rows, connections, memberships)
+    for key, (_, session_id) in read.items():
+        ids.sessions[key] = session_id
+    return read
 
 
-def _open_memberships(
-    conn: Connection, cluster_id: int, igroups: Mapping[str, str | None], ids: _Ids
-) -> dict[int, list[IgroupRef]]:
-    igroup_uuid = {v: k for k, v in ids.igroups.items()}
-    by_session: dict[int, list[IgroupRef]] = {}
-    g = m.SessionIgroup
-    rows = conn.execute(
-        select(g.session_id, g.igroup_id)
-        .join(m.Session, m.Session.session_id == g.session_id)
-        .where(
-            m.Session.cluster_id == cluster_id, m.Session.ended_at.is_(None), g.left_at.is_(None)
-        )
-    )
-    for row in rows:
-        uuid = igroup_uuid[row.igroup_id]
-        by_session.setdefault(row.session_id, []).append(IgroupRef(uuid, igroups[uuid]))
-    return by_session
+_SESSION_COLUMNS = (
+    "s.session_id, s.svm_id, s.target_portal_group, s.tsih, s.isid, s.initiator_name,"
+    " s.target_portal_group_tag, s.initiator_alias, s.initiator_comment, s.first_seen_at"
+)
+_OPEN_SESSIONS = text(
+    f"SELECT {_SESSION_COLUMNS} FROM iscsi_audit.sessions s"
+    " WHERE s.cluster_id = :cluster AND s.ended_at IS NULL"
+)
+_SESSIONS_ASKED = text(
+    f"SELECT {_SESSION_COLUMNS} FROM iscsi_audit.sessions s"
+    " WHERE s.cluster_id = :cluster AND s.ended_at IS NULL AND ("
+    "  s.session_id = ANY(CAST(:ids AS bigint[]))"
+    "  OR (s.svm_id, s.target_portal_group, s.tsih, s.isid, s.initiator_name) IN ("
+    "   SELECT * FROM unnest(CAST(:svms AS bigint[]), CAST(:tpgs AS text[]),"
+    "    CAST(:tsihs AS integer[]), CAST(:isids AS text[]), CAST(:initiators AS text[]))))"
+)
+_CONNECTION_COLUMNS = (
+    "c.session_id, c.cid, c.authentication_type, c.initiator_address, c.initiator_port,"
+    " c.interface_id"
+)
+_OPEN_CONNECTIONS = text(
+    f"SELECT {_CONNECTION_COLUMNS} FROM iscsi_audit.connections c"
+    " JOIN iscsi_audit.sessions s USING (session_id)"
+    " WHERE s.cluster_id = :cluster AND s.ended_at IS NULL AND c.ended_at IS NULL"
+)
+_CONNECTIONS_OF = text(
+    f"SELECT {_CONNECTION_COLUMNS} FROM iscsi_audit.connections c"
+    " WHERE c.session_id = ANY(CAST(:ids AS bigint[])) AND c.ended_at IS NULL"
+)
+_OPEN_MEMBERSHIPS = text(
+    "SELECT g.session_id, g.igroup_id FROM iscsi_audit.session_igroups g"
+    " JOIN iscsi_audit.sessions s USING (session_id)"
+    " WHERE s.cluster_id = :cluster AND s.ended_at IS NULL AND g.left_at IS NULL"
+)
+_MEMBERSHIPS_OF = text(
+    "SELECT g.session_id, g.igroup_id FROM iscsi_audit.session_igroups g"
+    " WHERE g.session_id = ANY(CAST(:ids AS bigint[])) AND g.left_at IS NULL"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """A cluster's SVM, igroup and LIF names with their ids: what turns rows into sessions."""
+
+    svms: Mapping[str, str | None]
+    igroups: Mapping[str, str | None]
+    interfaces: Mapping[str, Interface]
+    ids: Ids
+
+    def sessions(
+        self, rows: Sequence[Any], connections: Sequence[Any], memberships: Sequence[Any]
+    ) -> dict[SessionKey, tuple[OpenSession, int]]:
+        svm_uuid = {v: k for k, v in self.ids.svms.items()}
+        igroup_uuid = {v: k for k, v in self.ids.igroups.items()}
+        interface_uuid = {v: k for k, v in self.ids.interfaces.items()}
+        links: dict[int, list[SessionConnection]] = {}
+        for c in connections:
+            lif = self.interfaces.get(interface_uuid[c.interface_id]) if c.interface_id else None
+            address = str(c.initiator_address) if c.initiator_address is not None else None
+            links.setdefault(c.session_id, []).append(
+                SessionConnection(c.cid, c.authentication_type, address, c.initiator_port, lif)
+            )
+        groups: dict[int, list[IgroupRef]] = {}
+        for g in memberships:
+            uuid = igroup_uuid[g.igroup_id]
+            groups.setdefault(g.session_id, []).append(IgroupRef(uuid, self.igroups[uuid]))
+        sessions = {}
+        for row in rows:
+            svm = svm_uuid[row.svm_id]
+            key = SessionKey(svm, row.target_portal_group, row.tsih, row.isid, row.initiator_name)
+            session = Session(
+                key=key,
+                svm_name=self.svms[svm],
+                target_portal_group_tag=row.target_portal_group_tag,
+                initiator_alias=row.initiator_alias,
+                initiator_comment=row.initiator_comment,
+                igroups=tuple(sorted(groups.get(row.session_id, ()))),
+                connections=tuple(sorted(links.get(row.session_id, ()), key=lambda c: c.cid)),
+            )
+            sessions[key] = (OpenSession(session, row.first_seen_at), row.session_id)
+        return sessions
 
 
 def _current_names(
@@ -471,9 +546,9 @@ def _insert_poll(
     cluster_id: int | None,
     poll: PollRecord,
     snapshot: Snapshot | None,
+    counts: tuple[int, int] | None,
     event_count: int,
 ) -> int:
-    sessions = snapshot.sessions.values() if snapshot is not None else None
     row = {
         "cluster_id": cluster_id,
         "cluster_label": poll.cluster_label,
@@ -481,10 +556,8 @@ def _insert_poll(
         "finished_at": poll.finished_at,
         "outcome": poll.outcome.value,
         "page_count": snapshot.pages if snapshot is not None else 0,
-        "session_count": len(snapshot.sessions) if snapshot is not None else None,
-        "connection_count": sum(len(s.connections) for s in sessions)
-        if sessions is not None
-        else None,
+        "session_count": counts[0] if counts is not None else None,
+        "connection_count": counts[1] if counts is not None else None,
         "rejected_count": len(snapshot.rejected) if snapshot is not None else 0,
         "event_count": event_count,
         "error": poll.error,
@@ -539,7 +612,7 @@ class _ChangeWriter:
         cluster_id: int,
         poll_id: int,
         at: datetime,
-        ids: _Ids,
+        ids: Ids,
         last_ok_at: datetime | None,
     ) -> None:
         self.conn = conn
@@ -698,12 +771,14 @@ class _ChangeWriter:
             },
         )
 
-    def forget_closed(self, events: Sequence[Event]) -> None:
-        """Drop closed sessions from the ids, which a collector keeps between polls (after
-        the events, which name their session by id, are written)."""
+    def forget_closed(self, events: Sequence[Event]) -> set[int]:
+        """Drop closed sessions from the ids (after the events, which name their session by
+        id, are written); return their ids."""
+        closed = set()
         for event in events:
             if event.kind is EventKind.DISCONNECT and event.key is not None:
-                self.ids.sessions.pop(event.key, None)
+                closed.add(self.ids.sessions.pop(event.key))
+        return closed
 
     def _session_changed(self, events: list[Event]) -> None:
         sessions = [e.session for e in events if e.session is not None]
@@ -810,7 +885,7 @@ def _insert_events(
     cluster_uuid: str,
     poll_id: int,
     events: Sequence[Event],
-    ids: _Ids,
+    ids: Ids,
     prev: bytes,
 ) -> tuple[int, ...]:
     """Append the events to the cluster's chain, the first linked to `prev`."""
