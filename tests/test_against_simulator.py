@@ -4,6 +4,7 @@ After every ok poll the history's open sessions must be exactly the world's."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -147,7 +148,9 @@ async def test_password_rotation_fails_polls_until_the_new_one_is_used(
 
 
 async def test_a_remembering_collector_rereads_after_another_collector_wrote(
-        store: HistoryStore, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: HistoryStore, engine: Engine, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="collector.pipeline")
     monkeypatch.setenv("SIM_PASSWORD", PASSWORD)
     ours = SimulatedFleet(store, sessions=300, churn=60.0, seed=5, memory=ClusterMemory())
     theirs = SimulatedFleet(store, sessions=300, churn=60.0, seed=5, memory=ClusterMemory())
@@ -165,3 +168,6 @@ async def test_a_remembering_collector_rereads_after_another_collector_wrote(
             "SELECT count(*) FROM (SELECT session_id FROM iscsi_audit.events"
             " WHERE kind = 'connect' GROUP BY session_id HAVING count(*) > 1) d"))
     assert duplicates == 0
+    # each switch to a collector that remembered an older version found the other's write
+    # and polled afresh: ours at its 2nd and 4th poll, theirs at its 3rd
+    assert caplog.text.count("is stale") == 3

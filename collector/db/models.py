@@ -64,8 +64,8 @@ class Cluster(Base):
     label: Mapped[str] = mapped_column(Text)
     version: Mapped[str | None] = mapped_column(Text)
     first_seen_at: Mapped[datetime]
-    # bumped by every poll that writes a change; a collector whose cached state carries
-    # the same number may skip reloading the open sessions
+    # bumped by every poll that writes a change; a collector whose memory carries the same
+    # number may trust what it remembers of the open sessions (collector/db/memory.py)
     state_version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
