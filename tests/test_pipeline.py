@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from collector.chain import GENESIS, event_hash
 from collector.config import ClusterConfig, PasswordSource
+from collector.db import store as store_module
 from collector.db.store import HistoryStore, PollRecord
 from collector.diff import PollOutcome
 from collector.ontap.client import RetryPolicy
@@ -336,6 +338,23 @@ async def test_the_hash_chain_recomputes_from_the_stored_rows(poller: Poller,
         prev = event_hash(prev, cluster_uuid=CLUSTER_UUID, kind=kind, observed_at=observed,
                           occurred_after=after, key=key, details=details)
         assert bytes(digest) == prev, (kind, details)
+
+
+async def test_a_poll_written_in_chunks_is_whole_and_chained(
+        poller: Poller, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "BULK_CHUNK", 7)  # 50 sessions: 8 chunks of writes
+    records = [session_record(n, cids=(1, 2), igroups=("ig-a",)) for n in range(1, 51)]
+
+    report = await poller.poll(*records, per_page=20)
+
+    assert len(report.event_kinds) == 50
+    assert rows(engine, "SELECT count(*) FROM iscsi_audit.connections"
+                        " WHERE ended_at IS NULL") == [(100,)]
+    assert rows(engine, "SELECT count(*) FROM iscsi_audit.session_igroups"
+                        " WHERE left_at IS NULL") == [(50,)]
+    chain = rows(engine, "SELECT prev_hash, hash FROM iscsi_audit.events ORDER BY event_id")
+    assert bytes(chain[0][0]) == GENESIS
+    assert all(bytes(row[0]) == bytes(before[1]) for before, row in pairwise(chain))
 
 
 @pytest.fixture

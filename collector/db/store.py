@@ -722,8 +722,10 @@ class _ChangeWriter:
 
     def _connect(self, events: list[Event]) -> None:
         sessions = [e.session for e in events if e.session is not None]
-        if not sessions:
-            return
+        for start in range(0, len(sessions), BULK_CHUNK):  # a first poll: 100,000 at once
+            self._open_sessions(sessions[start : start + BULK_CHUNK])
+
+    def _open_sessions(self, sessions: list[Session]) -> None:
         svm_uuid = {v: k for k, v in self.ids.svms.items()}
         inserted = bulk_insert(
             self.conn,
@@ -888,38 +890,40 @@ def _insert_events(
     ids: Ids,
     prev: bytes,
 ) -> tuple[int, ...]:
-    """Append the events to the cluster's chain, the first linked to `prev`."""
-    table = m.events_table
-    rows: list[dict[str, Any]] = []
-    for event in events:
-        digest = event_hash(
-            prev,
-            cluster_uuid=cluster_uuid,
-            kind=event.kind.value,
-            observed_at=event.observed_at,
-            occurred_after=event.occurred_after,
-            key=event.key,
-            details=event.details,
-        )
-        rows.append(
-            {
-                "cluster_id": cluster_id,
-                "poll_id": poll_id,
-                "kind": event.kind.value,
-                "observed_at": event.observed_at,
-                "occurred_after": event.occurred_after,
-                "session_id": ids.sessions.get(event.key) if event.key else None,
-                "details": event.details,
-                "prev_hash": prev,
-                "hash": digest,
-            }
-        )
-        prev = digest
-    event_id = {
-        bytes(digest): event_id
-        for event_id, digest in bulk_insert(conn, table, rows, returning=("event_id", "hash"))
-    }
-    return tuple(event_id[row["hash"]] for row in rows)
+    """Append the events to the cluster's chain, the first linked to `prev`; return their
+    ids in order. A chunk at a time: the rows of a first poll's 100,000 events, with their
+    JSON, would otherwise be built at once."""
+    event_ids: list[int] = []
+    for start in range(0, len(events), BULK_CHUNK):
+        rows: list[dict[str, Any]] = []
+        for event in events[start : start + BULK_CHUNK]:
+            digest = event_hash(
+                prev,
+                cluster_uuid=cluster_uuid,
+                kind=event.kind.value,
+                observed_at=event.observed_at,
+                occurred_after=event.occurred_after,
+                key=event.key,
+                details=event.details,
+            )
+            rows.append(
+                {
+                    "cluster_id": cluster_id,
+                    "poll_id": poll_id,
+                    "kind": event.kind.value,
+                    "observed_at": event.observed_at,
+                    "occurred_after": event.occurred_after,
+                    "session_id": ids.sessions.get(event.key) if event.key else None,
+                    "details": event.details,
+                    "prev_hash": prev,
+                    "hash": digest,
+                }
+            )
+            prev = digest
+        inserted = bulk_insert(conn, m.events_table, rows, returning=("event_id", "hash"))
+        event_id = {bytes(digest): event_id for event_id, digest in inserted}
+        event_ids.extend(event_id[row["hash"]] for row in rows)
+    return tuple(event_ids)
 
 
 def bulk_insert(
@@ -928,19 +932,28 @@ def bulk_insert(
     rows: Sequence[Mapping[str, Any]],
     returning: Sequence[str] = (),
 ) -> list[tuple[Any, ...]]:
-    """Insert rows with one statement whose one parameter is the rows as a JSON document
-    (INSERT ... SELECT FROM json_to_recordset). orjson writes it and PostgreSQL reads it,
-    both in C. Measured on 2,000 events: half the time of one array per column (which
-    psycopg escapes element by element), a fifth of SQLAlchemy's multi-row VALUES.
+    """Insert rows with one statement per `BULK_CHUNK` rows, whose one parameter is the
+    rows as a JSON document (INSERT ... SELECT FROM json_to_recordset). orjson writes it
+    and PostgreSQL reads it, both in C. Measured on 2,000 events: half the time of one
+    array per column (which psycopg escapes element by element), a fifth of SQLAlchemy's
+    multi-row VALUES. Chunks bound the document: a first poll's is hundreds of MB.
     RETURNING gives no order: callers map rows back by their natural keys.
     """
     if not rows:
         return []
     statement, binary = _bulk_insert_statement(table, tuple(rows[0]), tuple(returning))
-    if binary:  # JSON has no bytes: hex here, decode() there
-        rows = [{**r, **{b: r[b].hex() for b in binary}} for r in rows]
-    result = conn.execute(statement, {"rows": orjson.dumps(rows).decode()})
-    return [tuple(r) for r in result] if returning else []
+    inserted: list[tuple[Any, ...]] = []
+    for start in range(0, len(rows), BULK_CHUNK):
+        chunk = rows[start : start + BULK_CHUNK]
+        if binary:  # JSON has no bytes: hex here, decode() there
+            chunk = [{**r, **{b: r[b].hex() for b in binary}} for r in chunk]
+        result = conn.execute(statement, {"rows": orjson.dumps(chunk).decode()})
+        if returning:
+            inserted.extend(tuple(r) for r in result)
+    return inserted
+
+
+BULK_CHUNK = 2_000
 
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
