@@ -254,11 +254,8 @@ async def scenario_b(
 
         async def one(cluster: ClusterConfig) -> PollReport:
             async with gate:
-                memory = memories.lend(cluster.name)
-                try:
+                with memories.borrowed(cluster.name) as memory:
                     return await poll_cluster(cluster, store, memory=memory)
-                finally:
-                    memories.settle(cluster.name)
 
         await asyncio.gather(*(one(c) for c in configs))  # the first, all-connect poll
         cpu_start, wall_start = time.process_time(), time.perf_counter()

@@ -15,6 +15,9 @@ fit goes without until room is freed (a cluster shrinks or is removed).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from collector.db.memory import ClusterMemory
 
 
@@ -34,6 +37,15 @@ class FleetMemory:
     def clusters(self) -> int:
         """Clusters that have a memory now."""
         return len(self._memories)
+
+    @contextmanager
+    def borrowed(self, cluster: str) -> Iterator[ClusterMemory | None]:
+        """The memory for one poll of the cluster (None: poll without), settled after it."""
+        memory = self.lend(cluster)
+        try:
+            yield memory
+        finally:
+            self.settle(cluster)
 
     def lend(self, cluster: str) -> ClusterMemory | None:
         """The memory to poll this cluster with, or None when it would not fit.
@@ -57,7 +69,7 @@ class FleetMemory:
         memory = self._memories.get(cluster)
         if memory is None:
             return
-        size = memory_size(memory)
+        size = memory.sessions
         others = self.remembered - self._sizes[cluster]
         if others + size > self.budget:
             del self._memories[cluster], self._sizes[cluster]
@@ -72,7 +84,3 @@ class FleetMemory:
             del self._memories[name], self._sizes[name]
         self._declined = {n: size for n, size in self._declined.items() if n in clusters}
 
-
-def memory_size(memory: ClusterMemory) -> int:
-    """Open sessions a memory holds."""
-    return memory.sessions

@@ -157,11 +157,10 @@ class Collector:
         log.info("collector stopped")
 
     async def _poll(self, cluster: ClusterConfig) -> PollReport:
-        memory = self._memory.lend(cluster.name)
         try:
-            return await poll_cluster(cluster, self._store, memory=memory)
+            with self._memory.borrowed(cluster.name) as memory:
+                return await poll_cluster(cluster, self._store, memory=memory)
         finally:
-            self._memory.settle(cluster.name)
             self._metrics.remembered_sessions.set(self._memory.remembered)
 
     async def _reload(self, scheduler: PollScheduler) -> None:

@@ -4,15 +4,14 @@ that do not fit poll without one, every cycle, instead of evicting each other.""
 from __future__ import annotations
 
 from collector.db.memory import ClusterMemory
-from collector.fleet_memory import FleetMemory, memory_size
+from collector.fleet_memory import FleetMemory
 
 
 def remembered_poll(fleet: FleetMemory, cluster: str, sessions: int) -> ClusterMemory | None:
     """What a poll does with the fleet's memory: borrow, fill with its walk, settle."""
-    memory = fleet.lend(cluster)
-    if memory is not None:
-        memory.records = {n.to_bytes(16, "big"): n << 16 | 2 for n in range(sessions)}
-    fleet.settle(cluster)
+    with fleet.borrowed(cluster) as memory:
+        if memory is not None:
+            memory.records = {n.to_bytes(16, "big"): n << 16 | 2 for n in range(sessions)}
     return memory
 
 
@@ -74,7 +73,7 @@ def test_a_budget_of_zero_remembers_nothing() -> None:
     assert fleet.remembered == 0
 
 
-def test_memory_size_counts_open_sessions() -> None:
+def test_a_memory_counts_its_open_sessions() -> None:
     memory = ClusterMemory(records={b"1" * 16: 1 << 16 | 2, b"2" * 16: 2 << 16 | 1})
-    assert memory_size(memory) == 2
-    assert memory_size(ClusterMemory()) == 0
+    assert memory.sessions == 2
+    assert ClusterMemory().sessions == 0
