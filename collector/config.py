@@ -128,8 +128,8 @@ class CollectorSettings:
     concurrency: int = 8  # polls in flight at once, over all clusters
     max_backoff: float = 900.0  # cap on the delay before retrying a failing cluster
     jitter: float | None = None  # default for clusters; None: a tenth of each interval
-    # open sessions, over all clusters, whose parsed records and state stay in memory
-    # between polls (about 130 bytes each); a cluster that does not fit reads its state back
+    # open sessions, over all clusters, whose record digests `run` remembers between polls
+    # (about 130 bytes each); a cluster that does not fit is parsed and read back whole
     remember_sessions: int = 1_000_000
 
 

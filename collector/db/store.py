@@ -371,12 +371,8 @@ def load_state(conn: Connection, cluster_id: int, last_ok_at: datetime | None) -
     rows = conn.execute(_OPEN_SESSIONS, {"cluster": cluster_id}).all()
     connections = conn.execute(_OPEN_CONNECTIONS, {"cluster": cluster_id}).all()
     memberships = conn.execute(_OPEN_MEMBERSHIPS, {"cluster": cluster_id}).all()
-    names = _Names(svms, igroups, interfaces, ids)
-    sessions = {
-        key: open_
-        for key, (open_, session_id) in names.sessions(rows, connections, memberships).items()
-        if ids.sessions.setdefault(key, session_id) == session_id
-    }
+    read = _Names(svms, igroups, interfaces, ids).sessions(rows, connections, memberships)
+    sessions = {key: open_ for key, (open_, _) in read.items()}
     return State(sessions, svms, igroups, interfaces, last_ok_at), ids
 
 
@@ -405,10 +401,7 @@ def _read_back(
     connections = conn.execute(_CONNECTIONS_OF, found).all()
     memberships = conn.execute(_MEMBERSHIPS_OF, found).all()
     names = _Names(memory.svms, memory.igroups, memory.interfaces, ids)
-    read = names.sessions(rows, connections, memberships)
-    for key, (_, session_id) in read.items():
-        ids.sessions[key] = session_id
-    return read
+    return names.sessions(rows, connections, memberships)
 
 
 _SESSION_COLUMNS = (
@@ -453,7 +446,8 @@ _MEMBERSHIPS_OF = text(
 
 @dataclass(frozen=True, slots=True)
 class _Names:
-    """A cluster's SVM, igroup and LIF names with their ids: what turns rows into sessions."""
+    """A cluster's SVM, igroup and LIF names with their ids: what turns rows into sessions
+    (and notes each session's id in `ids`)."""
 
     svms: Mapping[str, str | None]
     igroups: Mapping[str, str | None]
@@ -491,6 +485,7 @@ class _Names:
                 connections=tuple(sorted(links.get(row.session_id, ()), key=lambda c: c.cid)),
             )
             sessions[key] = (OpenSession(session, row.first_seen_at), row.session_id)
+            self.ids.sessions[key] = row.session_id
         return sessions
 
 
