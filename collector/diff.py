@@ -115,20 +115,17 @@ class _Comparison:
 
     opened: list[SessionKey]
     closed: list[SessionKey]
-    replaced: list[SessionKey]  # other objects than the state's, equal or not
-    updated: list[SessionKey]  # of those, the ones that differ
+    updated: list[SessionKey]  # in both, and different
 
     @staticmethod
     def of(previous: State, snapshot: Snapshot, outcome: PollOutcome) -> _Comparison:
         seen, was = snapshot.sessions, previous.sessions
         opened = [k for k in seen if k not in was]
-        replaced = [k for k in seen if (w := was.get(k)) is not None and w.session is not seen[k]]
         unseen = len(was) - (len(seen) - len(opened))
         return _Comparison(
             opened=opened,
             closed=list(was.keys() - seen.keys()) if outcome.may_close and unseen else [],
-            replaced=replaced,
-            updated=[k for k in replaced if was[k].session != seen[k]],
+            updated=[k for k in seen if (w := was.get(k)) is not None and w.session != seen[k]],
         )
 
 
@@ -396,7 +393,7 @@ def _next_state(
     observed_at: datetime,
     entities: EntityVersions,
 ) -> State:
-    if not (comparison.opened or comparison.closed or comparison.replaced):
+    if not (comparison.opened or comparison.closed or comparison.updated):
         sessions = previous.sessions  # nothing to copy: an unchanged poll of 100k sessions
     else:
         sessions = _apply(previous.sessions, snapshot, comparison, observed_at)
@@ -421,7 +418,7 @@ def _apply(
         del sessions[key]
     for key in comparison.opened:
         sessions[key] = OpenSession(snapshot.sessions[key], observed_at)
-    for key in comparison.replaced:
+    for key in comparison.updated:
         sessions[key] = OpenSession(snapshot.sessions[key], sessions[key].first_seen_at)
     return sessions
 
